@@ -1,0 +1,112 @@
+"""A model bundle: `manifest.json` plus artifacts, each pinned by sha256.
+
+Every tool (packaging, serving, benchmarking) reads and writes bundles through here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import manifest as mf
+from .errors import BundleError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: mf.Manifest
+    files: dict[str, Path] | None = None  # artifact path -> file, when not under root (the cache)
+    manifest_sha256: str | None = None
+    version: str | None = None  # the store's version of manifest.json (ETag), for revalidation
+    fetch: Callable[[mf.Artifact], Path] | None = field(default=None, compare=False)  # remote: on first use
+
+    def path(self, artifact: mf.Artifact) -> Path:
+        """The artifact's verified file (a remote bundle fetches it into the cache now)."""
+        if self.files is not None:
+            if artifact.path not in self.files and self.fetch is not None:
+                self.files[artifact.path] = self.fetch(artifact)
+            return self.files[artifact.path]
+        return self.root / artifact.path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(root: Path) -> tuple[mf.Manifest, str]:
+    """The parsed manifest and the sha256 of its bytes."""
+    path = root / MANIFEST
+    try:
+        raw = path.read_bytes()
+        data = json.loads(raw)
+    except FileNotFoundError:
+        raise BundleError(f"bundle {str(root)!r} has no {MANIFEST}", code="invalid_manifest") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{MANIFEST} in {str(root)!r} is not valid JSON: {e}", code="invalid_manifest") from None
+    return mf.parse(data), hashlib.sha256(raw).hexdigest()
+
+
+def load(root: Path, verify: bool = True) -> Bundle:
+    """Read and validate a bundle; with `verify`, check every artifact's size and sha256."""
+    manifest, digest = read_manifest(Path(root))
+    bundle = Bundle(Path(root), manifest, manifest_sha256=digest)
+    if verify:
+        for artifact in bundle.manifest.artifacts:
+            verify_artifact(bundle, artifact)
+    return bundle
+
+
+def verify_artifact(bundle: Bundle, artifact: mf.Artifact) -> None:
+    path = bundle.path(artifact)
+    if not path.is_file():
+        raise BundleError(f"artifact {artifact.path!r} listed in {MANIFEST} is missing from the bundle",
+                          code="artifact_missing")
+    size = path.stat().st_size
+    if size != artifact.size:
+        raise BundleError(f"artifact {artifact.path!r} is {size} bytes but {MANIFEST} says {artifact.size}: "
+                          "the bundle is damaged or was edited; repackage it", code="checksum_mismatch")
+    actual = sha256_file(path)
+    if actual != artifact.sha256:
+        raise BundleError(f"artifact {artifact.path!r} has sha256 {actual} but {MANIFEST} says {artifact.sha256}: "
+                          "the bundle is damaged or was edited; repackage it", code="checksum_mismatch")
+
+
+def write(root: Path, manifest: mf.Manifest, files: dict[str, Path], force: bool = False) -> Bundle:
+    """Write a bundle folder: copy `files` (artifact path -> source) and the manifest, atomically."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()) and not force:
+        raise BundleError(f"{str(root)!r} exists and is not empty: choose another --out or pass --force",
+                          code="bundle_exists")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=root.parent))
+    try:
+        for rel, source in files.items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        text = json.dumps(manifest.to_dict(), indent=2) + "\n"
+        mf.parse(json.loads(text))  # what we write must read back
+        (staging / MANIFEST).write_text(text, encoding="utf-8")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load(root)
+
+
+def artifact_for(path: Path, rel: str, kind: str = "portable") -> mf.Artifact:
+    return mf.Artifact(path=rel, sha256=sha256_file(path), size=path.stat().st_size, kind=kind)

@@ -1,0 +1,34 @@
+"""Structured logging: one JSON line per call, and quiet libraries.
+
+Never log pixel data, request bodies or DICOM tags: a call's line holds ids, timings,
+sizes and outcomes only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "PIL", "pydicom", "fdk", "asyncio", "onnxruntime")
+_configured = False
+
+
+def setup(level: str = "INFO") -> logging.Logger:
+    """Quiet the libraries (the fdk sets the root logger to DEBUG) and give onnxfn its own handler."""
+    global _configured
+    logger = logging.getLogger("onnxfn")
+    logger.setLevel(level.upper())
+    if not _configured:
+        for name in NOISY:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+        _configured = True
+    return logger
+
+
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, json.dumps({"event": name, **fields}, separators=(",", ":"), default=str))

@@ -1,0 +1,131 @@
+"""The core: a body in, an answer out. It knows bundles, arrays and tasks; it knows
+nothing of Fn, gateways or events (adapters do)."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from . import cpu, payload, postprocess, preprocess, tensor
+from .errors import BadRequest, NotFound
+from .runner import Model, Runner
+from .settings import Settings
+
+
+class Timer:
+    def __init__(self):
+        self.ms: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def step(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = round((time.perf_counter() - started) * 1000 + self.ms.get(name, 0.0), 3)
+
+    def total(self) -> dict[str, float]:
+        return {**self.ms, "total": round((time.perf_counter() - self._start) * 1000, 3)}
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.runner = Runner(settings)
+
+    # -- model ------------------------------------------------------------------------
+    def model(self, timer: Timer | None = None, name: str | None = None, version: str | None = None,
+              deadline: float | None = None) -> tuple[Model, bool]:
+        started = time.perf_counter()
+        model, cold = self.runner.get(deadline)
+        if timer is not None:
+            timer.ms["load"] = round((time.perf_counter() - started) * 1000, 3) if cold else 0.0
+            if cold:  # where the cold start went: fetch, engine import, session creation, warm-up
+                timer.ms.update(model.phases)
+        m = model.manifest
+        if name is not None and name != m.name:
+            raise NotFound(f"model {name!r} is not served here; this function serves {m.name!r}",
+                           code="model_not_found")
+        if version is not None and version != m.version:
+            raise NotFound(f"model {m.name!r} version {version!r} is not served here; the version served is "
+                           f"{m.version!r}", code="version_not_found")
+        return model, cold
+
+    def describe(self, model: Model, cold: bool, timer: Timer) -> dict:
+        m = model.manifest
+        return {"model": {"name": m.name, "version": m.version, "sha256": m.portable.sha256},
+                "runtime": {"arch": cpu.arch(), "cpu_features": cpu.describe()["features"],
+                            "provider": model.provider, "artifact": model.artifact, "artifact_kind": model.kind,
+                            "threads": model.threads, "tuned": model.tuning is not None, "source": model.source},
+                "cold": cold, "timings_ms": timer.total()}
+
+    # -- image in, task answer out ----------------------------------------------------
+    def predict(self, data: bytes, content_type: str | None, deadline: float | None = None) -> dict:
+        timer = Timer()
+        with timer.step("decode"):
+            body = payload.classify(data, content_type, self.settings.max_body_bytes)
+        if body.kind == "json":
+            raise BadRequest("this route takes an image; send OIP tensors to /v2/models/{name}/infer",
+                             code="image_expected")
+        model, cold = self.model(timer, deadline=deadline)
+        m = model.manifest
+        if m.task == "tensor":
+            raise BadRequest(f"model {m.name!r} is a tensor model: send OIP tensors to /v2/models/{m.name}/infer",
+                             code="tensor_model")
+        with timer.step("decode"):
+            image = payload.decode_image(body, self.settings.max_pixels)
+        spec = m.image_input
+        with timer.step("preprocess"):
+            feed, geometry = preprocess.prepare(image, spec)
+        with timer.step("inference"):
+            outputs = model.run({spec.name: feed}, [m.primary_output.name])
+        with timer.step("postprocess"):
+            output = outputs[m.primary_output.name]
+            if m.task == "classification":
+                result = postprocess.classify(output, m.primary_output, self.settings.top_k)
+            else:
+                result = postprocess.segment(output, m.primary_output, spec, geometry)
+        answer = {"task": m.task, "result": result,
+                  "image": {"format": image.format, "width": image.width, "height": image.height,
+                            "channels": image.channels, "bits": image.bits}}
+        return {**answer, **self.describe(model, cold, timer)}
+
+    # -- Open Inference Protocol ----------------------------------------------------------
+    def infer(self, document, name: str | None = None, version: str | None = None,
+              deadline: float | None = None) -> dict:
+        timer = Timer()
+        model, cold = self.model(timer, name, version, deadline)
+        m = model.manifest
+        with timer.step("decode"):
+            request = tensor.parse_request(document, m.inputs)
+        available = [o.name for o in model.session.get_outputs()]
+        unknown = [n for n in request.outputs or () if n not in available]
+        if unknown:
+            raise BadRequest(f"requested output(s) {', '.join(map(repr, unknown))} do not exist; the model's "
+                             f"outputs are {', '.join(map(repr, available))}", code="unknown_output")
+        with timer.step("inference"):
+            outputs = model.run(request.inputs, request.outputs)
+        with timer.step("postprocess"):
+            encoded = [tensor.encode(n, v) for n, v in outputs.items()]
+        described = self.describe(model, cold, timer)
+        answer = {"model_name": m.name, "model_version": m.version, "outputs": encoded,
+                  "parameters": {"cold": cold, "timings_ms": described["timings_ms"],
+                                 "sha256": described["model"]["sha256"], **described["runtime"]}}
+        if request.id is not None:
+            answer["id"] = request.id
+        return answer
+
+    def metadata(self, name: str | None = None, version: str | None = None, deadline: float | None = None) -> dict:
+        model, _ = self.model(None, name, version, deadline)
+        m = model.manifest
+        return {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx",
+                "inputs": [{"name": i.name, "datatype": tensor.datatype(i.dtype), "shape": tensor.shape_of(i.shape)}
+                           for i in m.inputs],
+                "outputs": [{"name": o.name, "datatype": tensor.datatype(_ort_dtype(o.type)),
+                             "shape": tensor.shape_of(o.shape)} for o in model.session.get_outputs()],
+                "parameters": {"task": m.task, "sha256": m.portable.sha256}}
+
+
+def _ort_dtype(ort_type: str) -> str:
+    from .runner import ORT_TYPES
+    return ORT_TYPES.get(ort_type, "string")

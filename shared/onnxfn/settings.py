@@ -1,0 +1,125 @@
+"""One typed settings object, read once from the environment (Fn function and
+application configuration arrive as environment variables)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
+
+#: The demo bundle shipped with the repository: the embedded default model.
+DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "digits-cnn"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_uri: str = str(DEMO_MODEL)
+    """MODEL_URI: the model bundle: a folder path or file:// URI."""
+    model_sha256: str = ""
+    """MODEL_SHA256: pins the bundle: the sha256 of its manifest.json (which pins every artifact). A pinned
+    bundle is never revalidated, and a bundle that does not match is refused."""
+    baked_bundle: str = "/function/bundle"
+    """ONNXFN_BAKED_BUNDLE: a bundle folder inside the function image, used first when present."""
+    cache_dir: str = "/tmp/onnxfn"
+    """ONNXFN_CACHE_DIR: where remote bundles are cached (Oracle Functions: /tmp is the only writable folder)."""
+    cache_bytes: int = 0
+    """ONNXFN_CACHE_BYTES: cache size cap; 0 takes 80% of /tmp (a quarter of FN_MEMORY on Oracle Functions)."""
+    revalidate_seconds: int = 300
+    """ONNXFN_REVALIDATE_SECONDS: how often a warm container checks an unpinned bundle for a new version; 0 never."""
+    deadline_margin_ms: int = 1000
+    """ONNXFN_DEADLINE_MARGIN_MS: answer this long before the call's Fn-Deadline when the model is still loading."""
+    oci_region: str = ""
+    """ONNXFN_OCI_REGION: region of oci:// bundles (default: the resource principal's OCI_RESOURCE_PRINCIPAL_REGION)."""
+    oci_endpoint: str = ""
+    """ONNXFN_OCI_ENDPOINT: overrides the S3-compatible endpoint derived from namespace and region."""
+    storage_timeout: int = 20
+    """ONNXFN_STORAGE_TIMEOUT: seconds a storage request may wait for the server."""
+    output_uri: str = ""
+    """OUTPUT_URI: where event-triggered results go (s3://bucket/prefix/ or oci://bucket@namespace/prefix/);
+    empty writes them under results/ in the source object's bucket."""
+    max_body_bytes: int = 6 * 1024 * 1024
+    """ONNXFN_MAX_BODY_BYTES: largest request body accepted (Oracle Functions caps invoke bodies at 6 MB)."""
+    max_pixels: int = 4096 * 4096
+    """ONNXFN_MAX_PIXELS: largest image (width x height x frames), checked from the header before decoding."""
+    top_k: int = 5
+    """ONNXFN_TOP_K: how many labels a classification answer lists."""
+    threads: int = 0
+    """ONNXFN_THREADS: intra-op threads; 0 sizes them from the container's CPU quota."""
+    artifact: str = "auto"
+    """ONNXFN_ARTIFACT: auto picks the best artifact this CPU satisfies; portable forces the plain .onnx;
+    an artifact's path forces that one (falling back to the portable one if it fails to load)."""
+    warmup: bool = True
+    """ONNXFN_WARMUP: run one inference on zeros when the session is built."""
+    base_path: str = ""
+    """ONNXFN_BASE_PATH: the API Gateway deployment's path prefix (e.g. /imaging), removed before routing."""
+    log_level: str = "INFO"
+    """ONNXFN_LOG_LEVEL: level of onnxfn's own logger (libraries stay at WARNING)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            name = variable(f.name)
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _convert(name, raw.strip(), f.type)
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        for name in ("max_body_bytes", "max_pixels", "top_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{variable(name)} must be a positive whole number, got {getattr(self, name)}")
+        if self.model_sha256 and not (len(self.model_sha256) == 64 and
+                                      all(c in "0123456789abcdef" for c in self.model_sha256)):
+            raise ConfigError("MODEL_SHA256 must be the 64 lowercase hex digits of manifest.json's sha256")
+        for name in ("cache_bytes", "revalidate_seconds", "deadline_margin_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{variable(name)} must be 0 or more, got {getattr(self, name)}")
+        if self.output_uri:
+            scheme, _, rest = self.output_uri.partition("://")
+            bucket, _, prefix = rest.partition("/")
+            if scheme not in ("s3", "oci") or not bucket:
+                raise ConfigError(f"OUTPUT_URI must be s3://bucket/prefix/ or oci://bucket@namespace/prefix/, "
+                                  f"got {self.output_uri!r}")
+            if not prefix.strip("/"):
+                raise ConfigError(f"OUTPUT_URI {self.output_uri!r} names no prefix: results written at a bucket's "
+                                  "root look like new inputs and would trigger the function again; add one, "
+                                  "e.g. s3://bucket/results/")
+        if self.storage_timeout < 1:
+            raise ConfigError(f"ONNXFN_STORAGE_TIMEOUT must be a positive number of seconds, got {self.storage_timeout}")
+        if self.threads < 0:
+            raise ConfigError(f"ONNXFN_THREADS must be 0 (size from the CPU quota) or a positive count, got {self.threads}")
+        if self.base_path and (not self.base_path.startswith("/") or self.base_path.endswith("/")):
+            raise ConfigError(f"ONNXFN_BASE_PATH must start with / and not end with one, got {self.base_path!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"ONNXFN_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+
+def variable(field_name: str) -> str:
+    """The environment variable that sets a field."""
+    if field_name in ("model_uri", "model_sha256", "output_uri"):
+        return field_name.upper()
+    return "ONNXFN_" + field_name.upper()
+
+
+def _convert(name: str, raw: str, kind: str):
+    if kind == "int":
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if kind == "bool":
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw
+
