@@ -1348,38 +1348,10 @@ def write_tuning(root: Path, tuning: mf.Tuning) -> bundles.Bundle:
     """Record `tuning` in the bundle's manifest (atomically), replacing the entry for the same CPU class;
     entries are kept most specific first (the runner applies the first that matches). The bundle must
     load and verify afterwards, else the old manifest is put back."""
-    root = Path(root)
-    path = root / bundles.MANIFEST
-    old = path.read_bytes()
-    manifest, _ = bundles.read_manifest(root)
+    manifest, _ = bundles.read_manifest(Path(root))
     kept = [t for t in manifest.tuning if t.requires != tuning.requires]
     entries = sorted(kept + [tuning], key=_specificity)
-    text = json.dumps(replace(manifest, tuning=tuple(entries)).to_dict(), indent=2) + "\n"
-    mf.parse(json.loads(text))
-    _atomic_write(path, text.encode("utf-8"))
-    try:
-        return bundles.load(root)
-    except BaseException:
-        _atomic_write(path, old)
-        raise
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    return bundles.rewrite_manifest(Path(root), replace(manifest, tuning=tuple(entries)))
 
 
 # ------------------------------------------------------------------------------------------ reports

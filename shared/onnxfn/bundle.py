@@ -110,3 +110,36 @@ def write(root: Path, manifest: mf.Manifest, files: dict[str, Path], force: bool
 
 def artifact_for(path: Path, rel: str, kind: str = "portable") -> mf.Artifact:
     return mf.Artifact(path=rel, sha256=sha256_file(path), size=path.stat().st_size, kind=kind)
+
+
+def rewrite_manifest(root: Path, manifest: mf.Manifest) -> Bundle:
+    """Replace a bundle's manifest.json atomically (a temporary file renamed over it). The bundle must
+    then load and verify, else the old manifest is put back."""
+    path = Path(root) / MANIFEST
+    old = path.read_bytes()
+    text = json.dumps(manifest.to_dict(), indent=2) + "\n"
+    mf.parse(json.loads(text))  # what we write must read back
+    _replace(path, text.encode("utf-8"))
+    try:
+        return load(Path(root))
+    except BaseException:
+        _replace(path, old)
+        raise
+
+
+def _replace(path: Path, data: bytes) -> None:
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -222,37 +221,8 @@ def check(root: Path, inputs: Path, outputs: Path, framework: str, *, max_abs: f
 def record(root: Path, proof: dict) -> bundles.Bundle:
     """Write `proof` into the bundle's manifest (atomically: a temporary file renamed over
     manifest.json); the bundle must then load and verify, else the old manifest is put back."""
-    root = Path(root)
-    path = root / bundles.MANIFEST
-    old = path.read_bytes()
-    manifest, _ = bundles.read_manifest(root)
-    updated = replace(manifest, extra={**manifest.extra, "proof": proof})
-    text = json.dumps(updated.to_dict(), indent=2) + "\n"
-    mf.parse(json.loads(text))  # what we write must read back
-    _replace(path, text.encode("utf-8"))
-    try:
-        return bundles.load(root)
-    except BaseException:
-        _replace(path, old)
-        raise
-
-
-def _replace(path: Path, data: bytes) -> None:
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    manifest, _ = bundles.read_manifest(Path(root))
+    return bundles.rewrite_manifest(Path(root), replace(manifest, extra={**manifest.extra, "proof": proof}))
 
 
 def prove(root: Path, inputs: Path, outputs: Path, framework: str, *, max_abs: float = MAX_ABS,
