@@ -17,14 +17,12 @@ Bad input files (missing, unreadable, shapes that do not fit the model) raise `B
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from . import bundle as bundles, manifest as mf
+from . import bundle as bundles
 from .errors import BadRequest, BundleError
 
 MAX_ABS = 1e-4
