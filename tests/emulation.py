@@ -251,34 +251,17 @@ def fdk_call(work: Path, layer: Path, timeout: float = 600) -> tuple[dict, float
     """The function under the real fdk in the arm64 root (started as /python/bin/fdk would be, through the
     layer's bin/fdk), called over its unix socket by the x86_64 agent: a digit PNG as a direct invocation."""
     sys.path.insert(0, str(ROOT / "shared"))
-    from onnxfn import agent
     from onnxfn.agent import Function
-    die_with_parent = getattr(agent, "_die_with_parent", None)  # no orphan emulator if the caller dies
-
-    class EmulatedFunction(Function):
-        def start(self, wait: float = timeout) -> "EmulatedFunction":
-            env = {**arm_env(work, None, PYTHONPATH=f"{ROOT}{os.pathsep}{layer}"),
-                   "MODEL_URI": str(ROOT / "models" / "digits-cnn"),
-                   "FN_FORMAT": "http-stream", "FN_LISTENER": f"unix:{self.socket}"}
-            self._log = open(self.log_path, "ab")
-            self.started_at = time.perf_counter()
-            self.process = subprocess.Popen(arm_command(work, [str(layer / "bin" / "fdk"), str(self.entry),
-                                                               self.handler]),
-                                            env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                            preexec_fn=die_with_parent)
-            deadline = time.monotonic() + wait
-            while not self.socket.exists():
-                if self.process.poll() is not None:
-                    raise EmulationError(f"the emulated fdk exited with {self.process.returncode}:\n"
-                                         + self.logs()[-3000:])
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise EmulationError(f"the emulated fdk did not listen within {wait} s")
-                time.sleep(0.05)
-            return self
-
+    env = {**arm_env(work, None, PYTHONPATH=f"{ROOT}{os.pathsep}{layer}"),
+           "MODEL_URI": str(ROOT / "models" / "digits-cnn")}
+    function = Function(timeout=timeout, env=env, inherit_env=False,
+                        command=arm_command(work, [str(layer / "bin" / "fdk")]))
     started = time.perf_counter()
-    with EmulatedFunction(timeout=timeout) as fn:
+    try:
+        function.start(wait=timeout)
+    except RuntimeError as e:
+        raise EmulationError(f"the emulated fdk: {e}") from None
+    with function as fn:
         try:
             reply = fn.call((ROOT / "samples" / "digit-7.png").read_bytes(), "image/png", deadline=timeout)
         except (OSError, http.client.HTTPException) as e:

@@ -71,9 +71,12 @@ class Function:
     """One function container: the real fdk process, and the agent's side of its socket."""
 
     def __init__(self, entry: Path = ENTRY, handler: str = "handler", env: dict[str, str] | None = None,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, command: list[str] | None = None, inherit_env: bool = True):
+        """`command` runs the fdk script (entry and handler are appended; default: this Python); with
+        inherit_env false, `env` is the whole environment (an emulated interpreter must not see ours)."""
         self.entry, self.handler, self.timeout = Path(entry), handler, timeout
-        self.env = {**os.environ, **(env or {})}
+        self.command = command or [sys.executable, "-c", _FDK]
+        self.env = {**(os.environ if inherit_env else {}), **(env or {})}
         self._dir = Path(tempfile.mkdtemp(prefix="onnxfn-fn-"))
         self.socket = self._dir / "lsnr.sock"
         self.log_path = self._dir / "function.log"
@@ -86,7 +89,7 @@ class Function:
         env = {**self.env, "FN_FORMAT": "http-stream", "FN_LISTENER": f"unix:{self.socket}"}
         self._log = open(self.log_path, "ab")
         self.started_at = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "-c", _FDK, str(self.entry), self.handler],
+        self.process = subprocess.Popen([*self.command, str(self.entry), self.handler],
                                         env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + wait
