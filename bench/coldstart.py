@@ -30,7 +30,6 @@ Writes every figure to bench/.cache/coldstart.json.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -109,17 +108,6 @@ def handler(ctx, data: io.BytesIO = None):
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def sample_png() -> bytes:
-    """The 512x512 8-bit grey PNG of bench/overhead.py."""
-    import numpy as np
-    from PIL import Image
-    y, x = np.mgrid[0:512, 0:512]
-    pixels = (127 + 100 * np.sin(x / 23.0) * np.cos(y / 31.0)).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def proc_status(pid: int) -> dict[str, float]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -187,7 +175,7 @@ class ColdStart:
 
     # setup
     def setup(self) -> None:
-        from overhead import densenet_bundle  # packages bench/.cache/densenet121.onnx once
+        from overhead import densenet_bundle, sample_png  # packages bench/.cache/densenet121.onnx once
         from parserver import ParServer
         from s3server import S3Server
         self.bundle = self.args.bundle or densenet_bundle()
