@@ -28,8 +28,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # bit-reproducible CPU kern
 
 import numpy as np  # noqa: E402
 
-from models.train._digits import load_split, png8_to_input  # noqa: E402
-from models.train._export import describe_io, ort_session  # noqa: E402
+from models.train._digits import check_onnx, load_split, png8_to_input  # noqa: E402
+from models.train._export import describe_io  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../models
 ONNX_PATH = os.path.join(ROOT, "digits-keras", "model.onnx")
@@ -183,16 +183,7 @@ def main() -> None:
     tf_acc = float((tf_logits.argmax(1) == y_te).mean())
 
     export(model, ONNX_PATH)
-    sess = ort_session(ONNX_PATH)
-    ort_logits = sess.run(["logits"], {"image": x_te})[0]
-    max_diff = float(np.abs(ort_logits - tf_logits).max())
-    for bs in (1, 5):
-        out = sess.run(["logits"], {"image": x_te[:bs]})[0]
-        assert out.shape == (bs, 10), out.shape
-        max_diff = max(max_diff, float(np.abs(out - tf_logits[:bs]).max()))
-    ort_acc = float((ort_logits.argmax(1) == y_te).mean())
-    assert max_diff < 1e-4, max_diff
-    assert ort_acc >= 0.95, ort_acc
+    max_diff, ort_acc = check_onnx(ONNX_PATH, x_te, y_te, tf_logits)
 
     os.makedirs(os.path.dirname(LOGITS_PATH), exist_ok=True)
     np.save(LOGITS_PATH, tf_logits)

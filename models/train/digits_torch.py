@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from models.train._digits import load_split, png8_to_input
-from models.train._export import describe_io, export_torch, ort_session, seed_everything
+from models.train._digits import check_onnx, load_split, png8_to_input
+from models.train._export import describe_io, export_torch, seed_everything
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../models
 ONNX_PATH = os.path.join(ROOT, "digits-cnn", "model.onnx")
@@ -125,18 +125,7 @@ def main() -> None:
         dynamic_shapes={"image": {0: batch}},
     )
 
-    sess = ort_session(ONNX_PATH)
-    ort_logits = sess.run(["logits"], {"image": x_te_np})[0]
-    max_diff = float(np.abs(ort_logits - torch_logits).max())
-    for bs in (1, 5):
-        out = sess.run(["logits"], {"image": x_te_np[:bs]})[0]
-        assert out.shape == (bs, 10), out.shape
-        d = float(np.abs(out - torch_logits[:bs]).max())
-        assert d < 1e-4, d
-        max_diff = max(max_diff, d)
-    ort_acc = float((ort_logits.argmax(1) == y_te).mean())
-    assert max_diff < 1e-4, max_diff
-    assert ort_acc >= 0.97, ort_acc
+    max_diff, ort_acc = check_onnx(ONNX_PATH, x_te_np, y_te, torch_logits, min_accuracy=0.97)
 
     os.makedirs(os.path.dirname(HELDOUT_PATH), exist_ok=True)
     np.savez(HELDOUT_PATH, images=img_te.astype(np.uint8), labels=y_te.astype(np.int64))
