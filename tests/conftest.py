@@ -124,3 +124,19 @@ def pydicom_file(name: str) -> Path:
 def oip(*inputs, **extra) -> bytes:
     return json.dumps({"inputs": [dict(name=n, datatype=d, shape=s, data=v) for n, d, s, v in inputs],
                        **extra}).encode()
+
+
+def damage(data: bytes, edits, insert: int) -> bytes:
+    """Apply hypothesis-drawn edits (where in [0, 1), byte value, "set" | "cut" | "insert") to a file."""
+    out = bytearray(data)
+    for where, value, op in edits:
+        if not out:
+            break
+        at = int(where * len(out))
+        if op == "set":
+            out[at] = value
+        elif op == "cut":
+            del out[at:]
+        else:
+            out[at:at] = bytes([value]) * insert
+    return bytes(out)
