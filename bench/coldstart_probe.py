@@ -140,12 +140,12 @@ def main(argv: list[str]) -> int:
         session_and_runs(out, bundle, threads)
         out["load_ms"] = ms(t0)
     elif mode == "costs_s3":
-        from onnxfn import store
+        from onnxfn import s3
         t = time.perf_counter()
         import boto3  # noqa: F401
         out["import_boto3_ms"] = ms(t)
         t = time.perf_counter()
-        store._client(None, None, float(settings.storage_timeout))
+        s3.Boto3(None, None, float(settings.storage_timeout))
         out["boto3_client_ms"] = ms(t)
     elif mode == "costs_misc":
         t = time.perf_counter()

@@ -106,9 +106,10 @@ def test_segmentation_writes_the_mask_png_from_a_dicom(events_fn, s3_client, buc
     assert dice > 0.9
 
 
-def test_replay_writes_nothing_and_a_new_version_keeps_the_old_result(events_fn, s3_client, bucket):
+@pytest.mark.parametrize("client", ["auto", "boto3"])  # auto: the lean SigV4 client here
+def test_replay_writes_nothing_and_a_new_version_keeps_the_old_result(events_fn, s3_client, bucket, client):
     s3_client.put_object(Bucket=bucket, Key="d.png", Body=DIGIT)
-    fn = events_fn()
+    fn = events_fn(ONNXFN_S3_CLIENT=client)
     event = oci_event(bucket, "d.png")
     assert fn.call(event, "application/json").json()["written"] == 1
     before = s3_client.head_object(Bucket=bucket, Key="results/d.png.json")

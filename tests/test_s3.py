@@ -27,9 +27,10 @@ def predict(fn, deadline=30.0):
     return fn.call(DIGIT, "image/png", method="POST", url="/predict", deadline=deadline)
 
 
-def test_cold_start_from_s3(function, s3, s3_client, bucket, tmp_path):
+@pytest.mark.parametrize("client", ["auto", "boto3"])  # auto: the lean SigV4 client here
+def test_cold_start_from_s3(function, s3, s3_client, bucket, tmp_path, client):
     upload(s3_client, bucket, "models/digits/")
-    fn = function(fn_env(s3, tmp_path, f"s3://{bucket}/models/digits/"))
+    fn = function(fn_env(s3, tmp_path, f"s3://{bucket}/models/digits/", ONNXFN_S3_CLIENT=client))
     answer = predict(fn).json()
     assert answer["result"]["label"] == "7" and answer["runtime"]["source"] == "remote"
     assert predict(fn).json()["cold"] is False
@@ -46,16 +47,67 @@ def test_oci_uri_through_the_s3_compatible_api(function, s3, s3_client, bucket, 
     assert predict(fn).json()["result"]["label"] == "7"
 
 
-def test_oci_endpoint_and_settings_follow_oracle_rules():
+def test_oci_endpoint_and_settings_follow_oracle_rules(monkeypatch):
+    """Path-style URLs, SigV4 with the OCI region in the scope, no checksum headers: both clients."""
+    from onnxfn import s3
     from onnxfn.store import open_store
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ocid-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     store = open_store("oci://scans@examplens/models/digits", oci_region="us-phoenix-1")
     assert store.bucket == "scans" and store.prefix == "models/digits/"
     assert store.endpoint == "https://examplens.compat.objectstorage.us-phoenix-1.oraclecloud.com"
-    config = store.client.meta.config
+    lean = store.client
+    assert isinstance(lean, s3.Lean) and lean.region == "us-phoenix-1"
+    assert lean.url("scans", "models/digits/a b+c.onnx") == store.endpoint + "/scans/models/digits/a%20b%2Bc.onnx"
+    headers = lean._sign("PUT", "/scans/k", b"data", {"content-type": "text/plain"})
+    assert "/us-phoenix-1/s3/aws4_request" in headers["authorization"]
+    assert not [h for h in headers if "checksum" in h or h == "content-md5"]
+    config = open_store("oci://scans@examplens/m/", oci_region="us-phoenix-1", s3_client="boto3").client.client.meta.config
     assert config.s3["addressing_style"] == "path" and config.signature_version == "s3v4"
     assert config.request_checksum_calculation == "when_required"
     assert config.response_checksum_validation == "when_required"
-    assert store.client.meta.endpoint_url == store.endpoint
+
+
+def test_boto3_is_used_without_keys_in_the_environment_or_for_aws_itself(monkeypatch):
+    from onnxfn import s3
+    from onnxfn.errors import ConfigError
+    from onnxfn.store import open_store
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert isinstance(open_store("oci://b@ns/p/", oci_region="us-ashburn-1").client, s3.Boto3)  # e.g. a profile
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    assert isinstance(open_store("s3://b/p/").client, s3.Boto3)  # AWS S3 itself: virtual hosts, redirects
+    with pytest.raises(ConfigError, match="ONNXFN_S3_CLIENT=lean needs an endpoint"):
+        _ = open_store("s3://b/p/", s3_client="lean").client
+
+
+def test_sigv4_matches_botocore(monkeypatch):
+    """The lean signer and botocore's sign the same request identically (host and x-amz-* headers signed)."""
+    import datetime as dt
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    from onnxfn import s3
+    lean = s3.Lean("http://127.0.0.1:8333", "eu-frankfurt-1", "AKID", "SECRET/KEY", "TOKEN", 5)
+    when = dt.datetime(2026, 11, 29, 12, 30, 45, tzinfo=dt.timezone.utc)
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return when
+    monkeypatch.setattr(s3.dt, "datetime", Frozen)
+    for method, key, body, extra in [("GET", "a/b c/ü+%/../x.png", b"", {}),
+                                     ("PUT", "r/x.json", b'{"a":1}', {"x-amz-meta-source-etag": "abc"})]:
+        path = lean._path("bkt", key)
+        mine = lean._sign(method, path, body, extra)
+        request = AWSRequest(method=method, url="http://127.0.0.1:8333" + path, data=body,
+                             headers={**extra, "X-Amz-Content-Sha256": mine["x-amz-content-sha256"]})
+        auth = S3SigV4Auth(Credentials("AKID", "SECRET/KEY", "TOKEN"), "s3", "eu-frankfurt-1")
+        request.context["timestamp"] = when.strftime("%Y%m%dT%H%M%SZ")
+        auth.add_auth(request)
+        theirs = request.headers["Authorization"]
+        assert mine["authorization"] == theirs, (method, key)
 
 
 def test_oci_region_from_the_resource_principal(monkeypatch):
@@ -68,9 +120,11 @@ def test_oci_region_from_the_resource_principal(monkeypatch):
     assert "eu-frankfurt-1" in open_store("oci://b@ns/p/").endpoint
 
 
-def test_wrong_credentials_name_authentication(function, s3, s3_client, bucket, tmp_path):
+@pytest.mark.parametrize("client", ["auto", "boto3"])
+def test_wrong_credentials_name_authentication(function, s3, s3_client, bucket, tmp_path, client):
     upload(s3_client, bucket, "m/")
-    fn = function(fn_env(s3, tmp_path, f"s3://{bucket}/m/", AWS_SECRET_ACCESS_KEY="wrong-secret"))
+    fn = function(fn_env(s3, tmp_path, f"s3://{bucket}/m/", AWS_SECRET_ACCESS_KEY="wrong-secret",
+                         ONNXFN_S3_CLIENT=client))
     reply = predict(fn)
     assert reply.http_status == 500
     body = reply.json()
@@ -102,10 +156,11 @@ def test_checksum_mismatch_on_s3_is_never_served(function, s3, s3_client, bucket
     assert not any((tmp_path / "cache" / "blobs").iterdir())
 
 
-def test_server_down_at_cold_start_then_back(function, s3, s3_client, bucket, tmp_path):
+@pytest.mark.parametrize("client", ["auto", "boto3"])
+def test_server_down_at_cold_start_then_back(function, s3, s3_client, bucket, tmp_path, client):
     upload(s3_client, bucket, "m/")
     fn = function(fn_env(s3, tmp_path, f"s3://{bucket}/m/", ONNXFN_DEADLINE_MARGIN_MS="200",
-                         ONNXFN_STORAGE_TIMEOUT="2"))
+                         ONNXFN_STORAGE_TIMEOUT="2", ONNXFN_S3_CLIENT=client))
     s3.stop()
     try:
         reply = predict(fn, deadline=5.0)
@@ -131,3 +186,80 @@ def test_concurrent_first_loads_download_once(s3, s3_client, bucket, tmp_path, m
     assert runner.loads == 1 and len({id(m) for m, _ in results}) == 1
     sha = bundles.load(MODELS / "digits-cnn").manifest.portable.sha256
     assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == [sha]
+
+
+class _Scripted:
+    """A loopback HTTP/1.1 server answering each request with the next scripted (status, headers, body,
+    then close?) tuple: for what a real server will not do on demand (cut bodies, idle closes)."""
+
+    def __init__(self, script):
+        import socket
+        self.script, self.requests = list(script), []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while self.script:
+            conn, _ = self.sock.accept()
+            with conn, conn.makefile("rb") as reader:  # both closed, or the socket stays open
+                while self.script:
+                    head = []
+                    while (line := reader.readline()) not in (b"\r\n", b""):
+                        head.append(line.decode())
+                    if not head:
+                        break
+                    self.requests.append(head)
+                    status, headers, body, close = self.script.pop(0)
+                    lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers.items()]
+                    conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+                    if close:
+                        break
+
+
+def test_lean_client_replaces_a_connection_the_server_closed_while_idle():
+    from onnxfn import s3
+    server = _Scripted([(200, {"Content-Length": "2", "ETag": '"a"'}, b"ok", True),
+                        (200, {"Content-Length": "3", "ETag": '"b"'}, b"ok2", False)])
+    lean = s3.Lean(server.url, "r", "k", "s", None, 5)
+    with lean.get("b", "x") as (headers, chunks):
+        assert b"".join(chunks) == b"ok" and headers["etag"] == '"a"'
+    import time
+    time.sleep(0.1)  # the server has closed the kept-alive connection by now
+    with lean.get("b", "y") as (headers, chunks):
+        assert b"".join(chunks) == b"ok2"
+    assert len(server.requests) == 2 and server.requests[1][0].startswith("GET /b/y ")
+
+
+def test_lean_client_a_body_cut_short_is_unavailable_and_caches_nothing(tmp_path):
+    from onnxfn.errors import StorageUnavailable
+    from onnxfn.store import S3Store
+    from onnxfn import s3
+    server = _Scripted([(200, {"Content-Length": "1000"}, b"x" * 10, True)])
+    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
+    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    with pytest.raises(StorageUnavailable, match="after 10 of 1,000 bytes"):
+        store.read("model.onnx", 1 << 20)
+
+
+def test_lean_client_errors_carry_the_servers_code():
+    from onnxfn import s3
+    from onnxfn.errors import ConfigError, ObjectMissing, PreconditionFailed, StorageUnavailable
+    from onnxfn.store import S3Store
+    xml = b"<Error><Code>%s</Code><Message>m</Message></Error>"
+    server = _Scripted([(403, {"Content-Length": "58"}, xml % b"SignatureDoesNotMatch", False),
+                        (404, {"Content-Length": "45"}, xml % b"NoSuchBucket", False),
+                        (412, {"Content-Length": "51"}, xml % b"PreconditionFailed", False),
+                        (503, {"Content-Length": "49"}, xml % b"SlowDown12345", False)])
+    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
+    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    with pytest.raises(ConfigError, match="refused authentication"):
+        store.read("a", 100)
+    with pytest.raises(ObjectMissing, match="bucket 'b' does not exist"):
+        store.read("a", 100)
+    with pytest.raises(PreconditionFailed):
+        store.put("a", b"1", "text/plain", if_none_match=True)
+    with pytest.raises(StorageUnavailable, match="503"):
+        store.stat("a")

@@ -222,7 +222,8 @@ class Processor:
             uri = f"oci://{ref.bucket}@{ref.namespace}/"
         else:
             uri = f"s3://{ref.bucket}/"
-        kwargs = dict(oci_region=s.oci_region, oci_endpoint=s.oci_endpoint, timeout=s.storage_timeout)
+        kwargs = dict(oci_region=s.oci_region, oci_endpoint=s.oci_endpoint, timeout=s.storage_timeout,
+                      s3_client=s.s3_client)
         source = open_store(uri, **kwargs)
         if s.output_uri:
             output = open_store(s.output_uri, **kwargs)

@@ -150,7 +150,7 @@ def resolve(settings: Settings, deadline: float, store: Store | None = None) -> 
 
 def store_for(settings: Settings) -> Store:
     return open_store(settings.model_uri, oci_region=settings.oci_region, oci_endpoint=settings.oci_endpoint,
-                      timeout=settings.storage_timeout)
+                      timeout=settings.storage_timeout, s3_client=settings.s3_client)
 
 
 def load(settings: Settings, deadline: float | None = None) -> Model:

@@ -34,6 +34,10 @@ class Settings:
     """ONNXFN_OCI_REGION: region of oci:// bundles (default: the resource principal's OCI_RESOURCE_PRINCIPAL_REGION)."""
     oci_endpoint: str = ""
     """ONNXFN_OCI_ENDPOINT: overrides the S3-compatible endpoint derived from namespace and region."""
+    s3_client: str = "auto"
+    """ONNXFN_S3_CLIENT: how s3:// and oci:// are spoken: auto uses onnxfn's lean SigV4 client for oci:// and
+    S3-compatible endpoints with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, boto3 otherwise;
+    boto3 forces boto3; lean forces the lean client."""
     storage_timeout: int = 20
     """ONNXFN_STORAGE_TIMEOUT: seconds a storage request may wait for the server."""
     output_uri: str = ""
@@ -91,6 +95,8 @@ class Settings:
                 raise ConfigError(f"OUTPUT_URI {self.output_uri!r} names no prefix: results written at a bucket's "
                                   "root look like new inputs and would trigger the function again; add one, "
                                   "e.g. s3://bucket/results/")
+        if self.s3_client not in ("auto", "lean", "boto3"):
+            raise ConfigError(f"ONNXFN_S3_CLIENT must be auto, lean or boto3, got {self.s3_client!r}")
         if self.storage_timeout < 1:
             raise ConfigError(f"ONNXFN_STORAGE_TIMEOUT must be a positive number of seconds, got {self.storage_timeout}")
         if self.threads < 0:

@@ -1,7 +1,7 @@
 """Where bundles come from. `MODEL_URI` names a bundle; a store reads its files.
 
     /path/to/bundle, file:///path/to/bundle         a local folder (used in place)
-    s3://bucket/prefix/                             boto3, standard AWS_* variables
+    s3://bucket/prefix/                             S3 API (onnxfn.s3), standard AWS_* variables
     oci://bucket@namespace/prefix/                  Oracle Object Storage, S3-compatible API
     https://.../p/<token>/n/<ns>/b/<bucket>/o/<prefix>/   a pre-authenticated request (PAR) URL
 
@@ -12,7 +12,6 @@ BundleError (bucket or object missing).
 from __future__ import annotations
 
 import os
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +66,8 @@ class Store:
         return self.uri.rstrip("/") + "/" + name
 
 
-def open_store(uri: str, *, oci_region: str = "", oci_endpoint: str = "", timeout: float = 20.0) -> Store:
+def open_store(uri: str, *, oci_region: str = "", oci_endpoint: str = "", timeout: float = 20.0,
+               s3_client: str = "auto") -> Store:
     if not uri or not uri.strip():
         raise ConfigError(f"MODEL_URI is empty: set it to {ACCEPTED}")
     uri = uri.strip()
@@ -78,7 +78,7 @@ def open_store(uri: str, *, oci_region: str = "", oci_endpoint: str = "", timeou
     if scheme == "s3":
         if not parts.netloc:
             raise ConfigError(f"MODEL_URI {uri!r} has no bucket: use s3://bucket/prefix/")
-        return S3Store(uri, parts.netloc, _prefix(parts.path), endpoint=None, timeout=timeout)
+        return S3Store(uri, parts.netloc, _prefix(parts.path), endpoint=None, timeout=timeout, client=s3_client)
     if scheme == "oci":
         bucket, at, namespace = parts.netloc.partition("@")
         if not (bucket and at and namespace):
@@ -88,7 +88,8 @@ def open_store(uri: str, *, oci_region: str = "", oci_endpoint: str = "", timeou
             raise ConfigError("an oci:// MODEL_URI needs the region: set ONNXFN_OCI_REGION (e.g. us-phoenix-1); "
                               "on Oracle Functions the resource principal's OCI_RESOURCE_PRINCIPAL_REGION is used")
         endpoint = oci_endpoint or f"https://{namespace}.compat.objectstorage.{region}.oraclecloud.com"
-        return S3Store(uri, bucket, _prefix(parts.path), endpoint=endpoint, region=region or None, timeout=timeout)
+        return S3Store(uri, bucket, _prefix(parts.path), endpoint=endpoint, region=region or None, timeout=timeout,
+                       client=s3_client)
     if scheme in ("https", "http"):
         if not parts.path.endswith("/"):
             raise ConfigError(f"MODEL_URI {uri!r} must end with / : a pre-authenticated request URL for the "
@@ -149,67 +150,60 @@ class LocalStore(Store):
             yield Download(iter(lambda: f.read(CHUNK), b""), f"{st.st_size}-{st.st_mtime_ns}")
 
 
-# -- S3 and OCI (boto3) ---------------------------------------------------------------------------
+# -- S3 and OCI (onnxfn.s3: a lean SigV4 client, or boto3) ----------------------------------------------
 
 class S3Store(Store):
     def __init__(self, uri: str, bucket: str, prefix: str, endpoint: str | None, region: str | None = None,
-                 timeout: float = 20.0):
+                 timeout: float = 20.0, client: str = "auto"):
         self.uri, self.bucket, self.prefix = uri, bucket, prefix
-        self.endpoint, self.region, self.timeout = endpoint, region, timeout
+        self.endpoint, self.region, self.timeout, self.kind = endpoint, region, timeout, client
         self._client = None
 
     @property
     def client(self):
         if self._client is None:
-            self._client = _client(self.endpoint, self.region, self.timeout)
+            from . import s3
+            self._client = s3.client(self.endpoint, self.region, self.timeout, self.kind)
         return self._client
 
     def stat(self, name: str) -> Stat:
+        from .s3 import metadata
         with self._errors(name):
-            head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)
-        return Stat(head.get("ContentLength"), head.get("ETag"), head.get("Metadata") or {})
+            headers = self.client.head(self.bucket, self.prefix + name)
+        length = headers.get("content-length")
+        return Stat(int(length) if length else None, headers.get("etag"), metadata(headers))
 
     def put(self, name: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None, *,
             if_none_match: bool = False, if_match: str | None = None) -> str | None:
         """Write an object; with if_none_match it must not exist yet, with if_match it must still have that ETag."""
-        extra = {}
+        headers = {"content-type": content_type, **{f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}}
         if if_none_match:
-            extra["IfNoneMatch"] = "*"
+            headers["if-none-match"] = "*"
         if if_match:
-            extra["IfMatch"] = if_match
+            headers["if-match"] = if_match
         with self._errors(name):
-            response = self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data,
-                                              ContentType=content_type, Metadata=metadata or {}, **extra)
-        return response.get("ETag")
+            return self.client.put(self.bucket, self.prefix + name, data, headers).get("etag")
 
     def copy(self, source: str, target: str) -> None:
         with self._errors(source):
-            self.client.copy_object(Bucket=self.bucket, Key=self.prefix + target,
-                                    CopySource={"Bucket": self.bucket, "Key": self.prefix + source},
-                                    MetadataDirective="COPY")
+            self.client.copy(self.bucket, self.prefix + source, self.prefix + target)
 
     @contextmanager
     def open(self, name: str):
         with self._errors(name):
-            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)
-            body = response["Body"]
-            try:
-                yield Download(body.iter_chunks(CHUNK), response.get("ETag"))
-            finally:
-                body.close()
+            with self.client.get(self.bucket, self.prefix + name) as (headers, chunks):
+                yield Download(chunks, headers.get("etag"))
 
     @contextmanager
     def _errors(self, name: str):
-        from botocore import exceptions as bx
+        from .s3 import S3Error, Unreachable
         where = self.describe(name)
         try:
             yield
-        except bx.ClientError as e:
-            error = e.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        except S3Error as e:
+            code, status = e.code, e.status
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-                        "ExpiredToken", "AuthorizationHeaderMalformed") or status in (401, 403):
+                        "ExpiredToken", "AuthorizationHeaderMalformed", "NoCredentials") or status in (401, 403):
                 raise ConfigError(f"object storage refused authentication for {where} ({code or status}): check "
                                   "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (on OCI: a customer secret key) "
                                   "and the policy on the bucket", code="storage_auth_failed") from None
@@ -220,45 +214,13 @@ class S3Store(Store):
                 raise ObjectMissing(f"{where} does not exist") from None
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status in (409, 412):
                 raise PreconditionFailed(f"{where} changed or already exists ({code or status})") from None
-            if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
-                raise StorageUnavailable(f"object storage failed reading {where}: {code or status}; "
-                                         "retry later") from None
-            raise StorageUnavailable(f"object storage refused {where}: {code or status} {error.get('Message', '')}",
+            if status >= 500 or status == 429 or code in ("SlowDown", "ServiceUnavailable", "InternalError",
+                                                           "RequestTimeout"):
+                raise StorageUnavailable(f"object storage failed on {where}: {status} {code}; retry later") from None
+            raise StorageUnavailable(f"object storage refused {where}: {status} {code} {e.message}",
                                      status=502, code="storage_error") from None
-        except (bx.NoCredentialsError, bx.PartialCredentialsError) as e:
-            raise ConfigError(f"no usable credentials to read {where} ({e}): set AWS_ACCESS_KEY_ID and "
-                              "AWS_SECRET_ACCESS_KEY (on OCI: a customer secret key pair)",
-                              code="storage_auth_failed") from None
-        except bx.ParamValidationError as e:
-            raise ConfigError(f"MODEL_URI names an invalid bucket or key for {where}: {e}") from None
-        except (bx.EndpointConnectionError, bx.ConnectionError, bx.ReadTimeoutError, bx.ConnectTimeoutError,
-                bx.ResponseStreamingError, bx.IncompleteReadError, bx.BotoCoreError, ConnectionError, TimeoutError,
-                OSError) as e:
-            raise StorageUnavailable(f"object storage is unreachable reading {where}: {type(e).__name__}: {e}; "
-                                     "retry later") from None
-
-
-_clients: dict = {}
-_clients_lock = threading.Lock()
-
-
-def _client(endpoint: str | None, region: str | None, timeout: float):
-    """One boto3 client per endpoint and region, shared: creating one costs about 100 ms."""
-    key = (endpoint, region, timeout)
-    with _clients_lock:
-        if key in _clients:
-            return _clients[key]
-        import boto3
-        from botocore.config import Config
-        custom = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        config = Config(signature_version="s3v4", s3={"addressing_style": "path" if custom else "auto"},
-                        request_checksum_calculation="when_required",
-                        response_checksum_validation="when_required",
-                        retries={"max_attempts": 1, "mode": "standard"},  # onnxfn retries within the deadline
-                        connect_timeout=min(5.0, timeout), read_timeout=timeout)
-        _clients[key] = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region,
-                                                       config=config)
-        return _clients[key]
+        except Unreachable as e:
+            raise StorageUnavailable(f"object storage is unreachable for {where}: {e}; retry later") from None
 
 
 # -- pre-authenticated request URLs (plain HTTP, no SDK) -----------------------------------------------
