@@ -55,17 +55,30 @@ class App:
 
     @property
     def service(self):
+        return self.service_for(None)
+
+    def service_for(self, deadline: float | None):
+        """The core, built on the first call: the model starts loading (fetch first) before numpy,
+        Pillow and the core are imported, so that the cold start's download overlaps them."""
         if self._service is None:
-            from .service import Service  # numpy, Pillow and onnxruntime load here, not at import
             settings = self._settings_factory()
             self.logger = logs.setup(settings.log_level)
-            self._service = Service(settings)
+            from .runner import IMPORTS, Runner  # imports no numpy
+            runner = Runner(settings)
+            runner.start(deadline)
+            with IMPORTS:
+                from .service import Service  # numpy and the core load here, not at import
+            self._service = Service(settings, runner)
         return self._service
 
     def handle(self, request: Request) -> Reply:
         """Answer one call; never raises."""
         started = time.perf_counter()
         route = ["invoke" if not request.gateway else "unrouted"]
+        try:
+            self.service_for(request.deadline)
+        except Exception:
+            pass  # answered by the route that needs the model (liveness does not)
         try:
             if request.gateway:
                 reply = self._route(request, route)

@@ -15,8 +15,7 @@ import time
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from . import bundle as bundles, cpu, logs
 from .cache import Cache, default_size
@@ -25,7 +24,13 @@ from .manifest import Artifact, InputSpec, Manifest, Tuning
 from .settings import Settings
 from .store import Store, open_store
 
+if TYPE_CHECKING:
+    import numpy as np
+
 log = logging.getLogger("onnxfn")
+#: numpy and onnxruntime are imported by one thread at a time: numpy's C extension fails when two
+#: threads import it at once (the load thread imports onnxruntime while the first call imports the core)
+IMPORTS = threading.Lock()
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
              "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32",
@@ -132,13 +137,13 @@ def resolve(settings: Settings, deadline: float, store: Store | None = None) -> 
     pin = settings.model_sha256 or None
     baked = Path(settings.baked_bundle) if settings.baked_bundle else None
     if baked is not None and (baked / bundles.MANIFEST).is_file():
-        bundle = bundles.load(baked)
+        bundle = bundles.load(baked, verify=False)  # the artifact served is verified before its session
         if pin is None or bundle.manifest_sha256 == pin:
             return bundle, "baked"
         logs.event(log, "baked_bundle_ignored", logging.WARNING, path=str(baked), reason="does not match MODEL_SHA256")
     store = store or store_for(settings)
     if store.local is not None:
-        bundle = bundles.load(store.local)
+        bundle = bundles.load(store.local, verify=False)  # the artifact served is verified before its session
         if pin and bundle.manifest_sha256 != pin:
             raise BundleError(f"{store.describe(bundles.MANIFEST)} has sha256 {bundle.manifest_sha256} but "
                               f"MODEL_SHA256 pins {pin}", code="pin_mismatch")
@@ -155,12 +160,9 @@ def store_for(settings: Settings) -> Store:
 
 def load(settings: Settings, deadline: float | None = None) -> Model:
     """Load, verify and warm up the bundle the settings name; storage retries stop at `deadline`
-    (time.monotonic())."""
+    (time.monotonic()). The artifact to serve is fetched and verified before onnxruntime is imported."""
     started = time.perf_counter()
     bundle, source = resolve(settings, deadline if deadline is not None else time.monotonic() + 300)
-    fetched = time.perf_counter()
-    import onnxruntime  # noqa: F401  (overlapping this import with the fetch measured no gain: bench/coldstart.py)
-    engine_ready = time.perf_counter()
     manifest = bundle.manifest
     arch, features = cpu.arch(), cpu.features()
     tuning = tuning_for(manifest, arch, features) if settings.artifact != "portable" else None
@@ -171,10 +173,22 @@ def load(settings: Settings, deadline: float | None = None) -> Model:
     if not order or (settings.artifact not in ("auto", "portable", "") and order[0].path != settings.artifact):
         raise ConfigError(f"ONNXFN_ARTIFACT names {settings.artifact!r}, which the bundle does not have; its "
                           f"artifacts are {', '.join(a.path for a in manifest.artifacts)}")
+    first: Path | BundleError
+    try:
+        first = artifact_file(bundle, order[0])
+    except BundleError as e:
+        first = e
+    fetched = time.perf_counter()
+    with IMPORTS:
+        import onnxruntime  # noqa: F401
+    engine_ready = time.perf_counter()
     failures: list[tuple[Artifact, BundleError]] = []
     for artifact in order:
         try:
-            model = _session(bundle, artifact, threads, tuning if _applies(tuning, artifact) else None,
+            if artifact is order[0] and isinstance(first, BundleError):
+                raise first
+            path = first if artifact is order[0] else artifact_file(bundle, artifact)
+            model = _session(bundle, artifact, path, threads, tuning if _applies(tuning, artifact) else None,
                              source, settings.warmup)
         except BundleError as e:
             failures.append((artifact, e))
@@ -192,14 +206,22 @@ def load(settings: Settings, deadline: float | None = None) -> Model:
                       "; ".join(f"{a.path!r}: {e.message}" for a, e in failures), code="artifacts_failed")
 
 
+def artifact_file(bundle: bundles.Bundle, artifact: Artifact) -> Path:
+    """The artifact's verified file: a remote bundle fetches (and verifies) it into the cache; a local or
+    baked one checks its size and sha256 in place. Only artifacts actually served are read."""
+    if bundle.files is not None:
+        return bundle.path(artifact)
+    bundles.verify_artifact(bundle, artifact)
+    return bundle.path(artifact)
+
+
 def _applies(tuning: Tuning | None, artifact: Artifact) -> bool:
     return tuning is not None and (tuning.artifact is None or tuning.artifact == artifact.path)
 
 
-def _session(bundle: bundles.Bundle, artifact: Artifact, threads: int, tuning: Tuning | None, source: str,
-             warmup: bool) -> Model:
+def _session(bundle: bundles.Bundle, artifact: Artifact, path: Path, threads: int, tuning: Tuning | None,
+             source: str, warmup: bool) -> Model:
     import onnxruntime as ort
-    path = bundle.path(artifact)  # a remote bundle fetches and verifies the artifact here
     started = time.perf_counter()
     try:
         session = ort.InferenceSession(str(path),
@@ -228,6 +250,7 @@ def _ms(seconds: float) -> float:
 
 def example(spec: InputSpec) -> np.ndarray:
     """A zero tensor the input accepts (dynamic sizes from the image spec, else small)."""
+    import numpy as np  # not at import: the load starts before numpy is imported
     shape = []
     for axis, dim in enumerate(spec.shape):
         if isinstance(dim, int):
@@ -290,6 +313,7 @@ class Runner:
         self._model: Model | None = None
         self._lock = threading.Lock()
         self._loading: Future | None = None
+        self._unclaimed: Future | None = None  # a load start() began that no get() has waited on yet
         self._checking = False
         self.loads = 0
         self.swaps = 0
@@ -298,29 +322,45 @@ class Runner:
     def loaded(self) -> bool:
         return self._model is not None
 
+    def start(self, deadline: float | None = None) -> None:
+        """Begin loading in the background, if nothing is loaded or loading: the first call starts it
+        before the core's heavy imports and its own decoding, which then overlap the fetch."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None and (self._loading is None or self._loading.done()):
+                    self._begin(deadline)
+                    self._unclaimed = self._loading
+
     def get(self, deadline: float | None = None) -> tuple[Model, bool]:
         """The model, and whether this call found it unloaded (a cold call). `deadline` is the call's
         Fn-Deadline as time.monotonic(); without one the call waits for the load."""
         model = self._model
-        if model is not None:
+        if model is not None and self._unclaimed is None:
             self._revalidate_if_due(model)
             return model, False
         margin = self.settings.deadline_margin_ms / 1000
         budget = None if deadline is None else deadline - margin
         with self._lock:
+            # the first call to ask for a load start() began is the cold one, even when the load finished
+            # while it decoded; a failed load is tried again, except by that call, which gets its error
+            claimed, self._unclaimed = self._unclaimed is not None, None
             if self._model is not None:
-                return self._model, False
-            if self._loading is None or self._loading.done():
-                self._loading = Future()
-                self.loads += 1
-                threading.Thread(target=self._load, args=(self._loading, budget), daemon=True,
-                                 name="onnxfn-load").start()
+                return self._model, claimed
+            if self._loading is None or (self._loading.done() and not claimed):
+                self._begin(deadline)
             loading = self._loading
         try:
             return loading.result(timeout=None if budget is None else max(0.0, budget - time.monotonic())), True
         except FutureTimeout:
             raise LoadTimeout("the model is still loading (cold start) and could not be ready before this call's "
                               "deadline; loading goes on: retry in a few seconds") from None
+
+    def _begin(self, deadline: float | None) -> None:
+        """Start a load (the lock is held); storage retries stop just before `deadline`."""
+        budget = None if deadline is None else deadline - self.settings.deadline_margin_ms / 1000
+        self._loading = Future()
+        self.loads += 1
+        threading.Thread(target=self._load, args=(self._loading, budget), daemon=True, name="onnxfn-load").start()
 
     def _load(self, future: Future, budget: float | None) -> None:
         try:

@@ -29,9 +29,9 @@ class Timer:
 
 
 class Service:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, runner: Runner | None = None):
         self.settings = settings
-        self.runner = Runner(settings)
+        self.runner = runner or Runner(settings)
 
     # -- model ------------------------------------------------------------------------
     def model(self, timer: Timer | None = None, name: str | None = None, version: str | None = None,
@@ -67,13 +67,13 @@ class Service:
         if body.kind == "json":
             raise BadRequest("this route takes an image; send OIP tensors to /v2/models/{name}/infer",
                              code="image_expected")
+        with timer.step("decode"):  # on a cold call, while the model loads in the background
+            image = payload.decode_image(body, self.settings.max_pixels)
         model, cold = self.model(timer, deadline=deadline)
         m = model.manifest
         if m.task == "tensor":
             raise BadRequest(f"model {m.name!r} is a tensor model: send OIP tensors to /v2/models/{m.name}/infer",
                              code="tensor_model")
-        with timer.step("decode"):
-            image = payload.decode_image(body, self.settings.max_pixels)
         spec = m.image_input
         with timer.step("preprocess"):
             feed, geometry = preprocess.prepare(image, spec)
