@@ -22,7 +22,7 @@ def test_concurrent_first_calls_load_once(monkeypatch):
         calls.append(threading.get_ident())
         time.sleep(0.2)  # widen the window in which other callers arrive
         return real(settings)
-    monkeypatch.setattr(runner, "load", lambda settings, deadline=None: slow_load(settings))
+    monkeypatch.setattr(runner, "load", lambda settings, deadline=None, warmup=True: slow_load(settings))
     r = Runner(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
     barrier = threading.Barrier(8)
     results = []
@@ -39,6 +39,41 @@ def test_concurrent_first_calls_load_once(monkeypatch):
     assert len({id(model) for model, _ in results}) == 1
     assert all(cold for _, cold in results)  # every one of them waited for the load
     assert r.get() == (results[0][0], False)
+
+
+def test_a_call_that_will_infer_is_the_warm_up_other_loads_warm_up():
+    settings = Settings(model_uri=str(MODELS / "digits-cnn"), threads=1)
+    waiting = Runner(settings)
+    waiting.start(inference_waits=True)
+    model, cold = waiting.get()
+    assert cold and not model.warmed and model.phases["load_warmup"] < 50
+    probed = Runner(settings)
+    probed.start()  # a readiness probe or metadata call: nobody runs the model right after
+    assert probed.get()[0].warmed
+    assert Runner(settings).get()[0].warmed
+    assert not Runner(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1, warmup=False)).get()[0].warmed
+
+
+def test_the_call_that_started_the_load_is_cold_even_if_it_finished_meanwhile():
+    r = Runner(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
+    r.start()
+    while not r.loaded:
+        time.sleep(0.01)
+    assert r.get()[1] is True  # the first call decoded while the model loaded: it is the cold one
+    assert r.get()[1] is False and r.loads == 1
+
+
+def test_a_failed_started_load_is_reported_once_then_tried_again(tmp_path):
+    r = Runner(Settings(model_uri=str(tmp_path / "missing"), threads=1))
+    r.start()
+    while r._loading is None or not r._loading.done():
+        time.sleep(0.01)
+    with pytest.raises(BundleError, match="does not exist"):
+        r.get()  # the failure of the load this call started, not a new attempt
+    assert r.loads == 1
+    with pytest.raises(BundleError):
+        r.get()
+    assert r.loads == 2  # the next call tries again
 
 
 def test_a_failed_load_is_not_cached(tmp_path):

@@ -57,7 +57,7 @@ class App:
     def service(self):
         return self.service_for(None)
 
-    def service_for(self, deadline: float | None):
+    def service_for(self, deadline: float | None, inference: bool = False):
         """The core, built on the first call: the model starts loading (fetch first) before numpy,
         Pillow and the core are imported, so that the cold start's download overlaps them."""
         if self._service is None:
@@ -65,7 +65,7 @@ class App:
             self.logger = logs.setup(settings.log_level)
             from .runner import IMPORTS, Runner  # imports no numpy
             runner = Runner(settings)
-            runner.start(deadline)
+            runner.start(deadline, inference_waits=inference)
             with IMPORTS:
                 from .service import Service  # numpy and the core load here, not at import
             self._service = Service(settings, runner)
@@ -76,7 +76,7 @@ class App:
         started = time.perf_counter()
         route = ["invoke" if not request.gateway else "unrouted"]
         try:
-            self.service_for(request.deadline)
+            self.service_for(request.deadline, inference=_runs_inference(request))
         except Exception:
             pass  # answered by the route that needs the model (liveness does not)
         try:
@@ -166,6 +166,14 @@ class App:
         if reply.status >= 400:
             fields["error"] = body.get("error")
         logs.event(self.logger, "call", **{k: v for k, v in fields.items() if v is not None})
+
+
+def _runs_inference(request: Request) -> bool:
+    """Whether this call will run the model (direct invocations, /predict, /infer), not just look at it."""
+    if not request.gateway:
+        return True
+    path = urlsplit(request.url).path.rstrip("/")
+    return request.method.upper() == "POST" and (path.endswith("/predict") or path.endswith("/infer"))
 
 
 def _looks_like_event(body: bytes) -> bool:

@@ -53,6 +53,7 @@ class Model:
     tuning: Tuning | None = None      # the benchmark's settings applied, if any
     fallbacks: tuple[str, ...] = ()   # artifacts that failed to load before this one
     phases: dict = field(default_factory=dict)  # ms spent fetching, waiting for the engine, creating, warming
+    warmed: bool = False              # a run on zeros was made when the session was built
 
     @property
     def manifest(self) -> Manifest:
@@ -158,9 +159,10 @@ def store_for(settings: Settings) -> Store:
                       timeout=settings.storage_timeout, s3_client=settings.s3_client)
 
 
-def load(settings: Settings, deadline: float | None = None) -> Model:
+def load(settings: Settings, deadline: float | None = None, warmup: bool = True) -> Model:
     """Load, verify and warm up the bundle the settings name; storage retries stop at `deadline`
-    (time.monotonic()). The artifact to serve is fetched and verified before onnxruntime is imported."""
+    (time.monotonic()). The artifact to serve is fetched and verified before onnxruntime is imported.
+    With warmup false (a call waits to run the first inference itself) no run on zeros is made."""
     started = time.perf_counter()
     bundle, source = resolve(settings, deadline if deadline is not None else time.monotonic() + 300)
     manifest = bundle.manifest
@@ -189,7 +191,7 @@ def load(settings: Settings, deadline: float | None = None) -> Model:
                 raise first
             path = first if artifact is order[0] else artifact_file(bundle, artifact)
             model = _session(bundle, artifact, path, threads, tuning if _applies(tuning, artifact) else None,
-                             source, settings.warmup)
+                             source, settings.warmup and warmup)
         except BundleError as e:
             failures.append((artifact, e))
             if artifact is not manifest.portable:
@@ -237,6 +239,7 @@ def _session(bundle: bundles.Bundle, artifact: Artifact, path: Path, threads: in
     if warmup:
         try:
             model.run({spec.name: example(spec) for spec in bundle.manifest.inputs})
+            model.warmed = True
         except OnnxfnError as e:
             raise BundleError(f"warm-up inference failed for artifact {artifact.path!r}: {e.message}",
                               code="warmup_failed") from None
@@ -322,13 +325,15 @@ class Runner:
     def loaded(self) -> bool:
         return self._model is not None
 
-    def start(self, deadline: float | None = None) -> None:
+    def start(self, deadline: float | None = None, inference_waits: bool = False) -> None:
         """Begin loading in the background, if nothing is loaded or loading: the first call starts it
-        before the core's heavy imports and its own decoding, which then overlap the fetch."""
+        before the core's heavy imports and its own decoding, which then overlap the fetch. When that
+        call will run an inference (`inference_waits`), its inference is the warm-up: a run on zeros
+        first would only add its time to the cold call."""
         if self._model is None:
             with self._lock:
                 if self._model is None and (self._loading is None or self._loading.done()):
-                    self._begin(deadline)
+                    self._begin(deadline, warmup=not inference_waits)
                     self._unclaimed = self._loading
 
     def get(self, deadline: float | None = None) -> tuple[Model, bool]:
@@ -355,16 +360,17 @@ class Runner:
             raise LoadTimeout("the model is still loading (cold start) and could not be ready before this call's "
                               "deadline; loading goes on: retry in a few seconds") from None
 
-    def _begin(self, deadline: float | None) -> None:
+    def _begin(self, deadline: float | None, warmup: bool = True) -> None:
         """Start a load (the lock is held); storage retries stop just before `deadline`."""
         budget = None if deadline is None else deadline - self.settings.deadline_margin_ms / 1000
         self._loading = Future()
         self.loads += 1
-        threading.Thread(target=self._load, args=(self._loading, budget), daemon=True, name="onnxfn-load").start()
+        threading.Thread(target=self._load, args=(self._loading, budget, warmup), daemon=True,
+                         name="onnxfn-load").start()
 
-    def _load(self, future: Future, budget: float | None) -> None:
+    def _load(self, future: Future, budget: float | None, warmup: bool = True) -> None:
         try:
-            model = load(self.settings, budget)
+            model = load(self.settings, budget, warmup)
         except BaseException as e:  # handed to every waiting call; nothing is kept
             future.set_exception(e)
             return

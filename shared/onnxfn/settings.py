@@ -55,7 +55,8 @@ class Settings:
     """ONNXFN_ARTIFACT: auto picks the best artifact this CPU satisfies; portable forces the plain .onnx;
     an artifact's path forces that one (falling back to the portable one if it fails to load)."""
     warmup: bool = True
-    """ONNXFN_WARMUP: run one inference on zeros when the session is built."""
+    """ONNXFN_WARMUP: run one inference on zeros when the session is built, unless the call that started the load
+    runs the model right away (its own inference is then the warm-up)."""
     base_path: str = ""
     """ONNXFN_BASE_PATH: the API Gateway deployment's path prefix (e.g. /imaging), removed before routing."""
     log_level: str = "INFO"
