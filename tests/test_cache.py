@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 
 import pytest
@@ -26,6 +27,7 @@ def test_download_is_verified_and_reused(tmp_path, served):
     path = first.path(first.manifest.portable)
     assert path.parent == cache.blobs and path.name == first.manifest.portable.sha256
     assert bundles.sha256_file(path) == first.manifest.portable.sha256
+    assert sys.getswitchinterval() == pytest.approx(0.005)
     assert first.version and first.manifest_sha256
     gets = sum(r.startswith("GET") and r.endswith("model.onnx") for r in served.faults.requests)
     cache.bundle(store, None, later())
@@ -53,6 +55,7 @@ def test_a_damaged_artifact_is_never_kept(tmp_path, served):
         bundle.path(bundle.manifest.portable)  # the artifact is fetched when it is asked for
     assert e.value.code == "checksum_mismatch" and "model.onnx" in e.value.message
     assert list(cache.blobs.iterdir()) == [] and list(cache.partial.iterdir()) == []
+    assert sys.getswitchinterval() == pytest.approx(0.005)  # the download's short interval is undone
 
 
 def test_transient_failures_are_retried(tmp_path, served):
