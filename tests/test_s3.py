@@ -7,6 +7,7 @@ import pytest
 
 from conftest import MODELS, ROOT
 from onnxfn import bundle as bundles
+from onnxfn.errors import ObjectMissing
 from onnxfn.runner import Runner
 from onnxfn.settings import Settings
 
@@ -98,7 +99,8 @@ def test_sigv4_matches_botocore(monkeypatch):
             return when
     monkeypatch.setattr(s3.dt, "datetime", Frozen)
     for method, key, body, extra in [("GET", "a/b c/ü+%/../x.png", b"", {}),
-                                     ("PUT", "r/x.json", b'{"a":1}', {"x-amz-meta-source-etag": "abc"})]:
+                                     ("PUT", "r/x.json", b'{"a":1}', {"x-amz-meta-source-etag": "abc",
+                                                                      "x-amz-meta-note": " a  b\tc "})]:
         path = lean._path("bkt", key)
         mine = lean._sign(method, path, body, extra)
         request = AWSRequest(method=method, url="http://127.0.0.1:8333" + path, data=body,
@@ -194,7 +196,7 @@ class _Scripted:
 
     def __init__(self, script):
         import socket
-        self.script, self.requests = list(script), []
+        self.script, self.requests, self.connections = list(script), [], 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
@@ -204,6 +206,7 @@ class _Scripted:
     def _serve(self):
         while self.script:
             conn, _ = self.sock.accept()
+            self.connections += 1
             with conn, conn.makefile("rb") as reader:  # both closed, or the socket stays open
                 while self.script:
                     head = []
@@ -262,4 +265,44 @@ def test_lean_client_errors_carry_the_servers_code():
     with pytest.raises(PreconditionFailed):
         store.put("a", b"1", "text/plain", if_none_match=True)
     with pytest.raises(StorageUnavailable, match="503"):
+        store.stat("a")
+
+
+def test_lean_client_keeps_its_connection_after_an_error_answer():
+    from onnxfn import s3
+    from onnxfn.store import S3Store
+    server = _Scripted([(404, {"Content-Length": "0"}, b"", False), (200, {"Content-Length": "2"}, b"ok", False)])
+    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
+    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    with pytest.raises(ObjectMissing):
+        store.stat("a")  # a HEAD's 404 has no body to read
+    assert store.read("a", 100)[0] == b"ok"
+    assert server.connections == 1
+
+
+def test_what_the_callers_block_raises_passes_through_the_lean_client():
+    """A full cache disk while downloading is the cache's error, not an unreachable server."""
+    from onnxfn import s3
+    from onnxfn.store import S3Store
+    server = _Scripted([(200, {"Content-Length": "4"}, b"data", False)])
+    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
+    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    with pytest.raises(OSError, match="No space"):
+        with store.open("a") as download:
+            next(download.chunks)
+            raise OSError(28, "No space left on device")
+
+
+def test_lean_client_credentials_and_redirects_are_configuration_errors(monkeypatch):
+    from onnxfn import s3
+    from onnxfn.errors import ConfigError
+    from onnxfn.store import S3Store
+    assert s3.Lean("http://127.0.0.1:1", "r", "k\n", "s", "t\n", 5)._token == "t"  # a stray newline is dropped
+    with pytest.raises(ConfigError, match="AWS_SESSION_TOKEN holds spaces") as e:
+        s3.Lean("http://127.0.0.1:1", "r", "k", "s", "secret\ntoken", 5)
+    assert "secret" not in e.value.message
+    server = _Scripted([(301, {"Content-Length": "0"}, b"", False)])
+    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
+    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    with pytest.raises(ConfigError, match="another region or the endpoint is wrong"):
         store.stat("a")

@@ -22,6 +22,7 @@ import http.client
 import os
 import re
 import socket
+import ssl
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -59,15 +60,16 @@ def client(endpoint: str | None, region: str | None, timeout: float, kind: str =
     if kind not in ("auto", "lean", "boto3"):
         raise ConfigError(f"ONNXFN_S3_CLIENT must be auto, lean or boto3, got {kind!r}")
     url = endpoint or endpoint_from_env()
-    keys = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if kind == "lean" and not (url and all(keys)):
+    access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    token = os.environ.get("AWS_SESSION_TOKEN") or None
+    if kind == "lean" and not (url and access and secret):
         raise ConfigError("ONNXFN_S3_CLIENT=lean needs an endpoint (oci://, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL) "
                           "and AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (on OCI: a customer "
                           "secret key)", code="storage_auth_failed")
-    if kind != "boto3" and url and all(keys):
-        return _cached(("lean", url, region, timeout), lambda: Lean(url, region or region_from_env(), keys[0],
-                                                                      keys[1], os.environ.get("AWS_SESSION_TOKEN"),
-                                                                      timeout))
+    if kind != "boto3" and url and access and secret:
+        # the keys are part of the key: rotated credentials get a new client
+        return _cached(("lean", url, region, timeout, access, secret, token),
+                       lambda: Lean(url, region or region_from_env(), access, secret, token, timeout))
     return _cached(("boto3", endpoint, region, timeout), lambda: Boto3(endpoint, region, timeout))
 
 
@@ -76,11 +78,36 @@ _clients_lock = threading.Lock()
 
 
 def _cached(key, make):
-    """One client per kind, endpoint and region, shared by every store and thread."""
+    """One client per kind, endpoint, region and keys, shared by every store and thread (built outside
+    the lock: a boto3 client takes a few hundred ms)."""
     with _clients_lock:
-        if key not in _clients:
-            _clients[key] = make()
-        return _clients[key]
+        if key in _clients:
+            return _clients[key]
+    made = make()
+    with _clients_lock:
+        return _clients.setdefault(key, made)
+
+
+_tls: ssl.SSLContext | None = None
+
+
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every connection: loading the CA bundle costs ~50 ms."""
+    global _tls
+    if _tls is None:
+        _tls = ssl.create_default_context()
+    return _tls
+
+
+def _check_credential(name: str, value: str | None) -> str | None:
+    """Keys go into headers: refuse control characters, spaces and non-ASCII without repeating the value."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or any(not (33 <= ord(c) <= 126) for c in value):
+        raise ConfigError(f"{name} holds spaces, control or non-ASCII characters (a stray newline?); set it to the "
+                          "key alone", code="storage_auth_failed")
+    return value
 
 
 # -- lean: SigV4 on http.client ----------------------------------------------------------------------
@@ -94,7 +121,9 @@ class Lean:
         self.endpoint, self.region, self.timeout = endpoint.rstrip("/"), region, timeout
         self.scheme, self.host = parts.scheme, parts.netloc
         self.base = parts.path.rstrip("/")
-        self._access, self._secret, self._token = access_key, secret_key, token
+        self._access = _check_credential("AWS_ACCESS_KEY_ID", access_key)
+        self._secret = _check_credential("AWS_SECRET_ACCESS_KEY", secret_key)
+        self._token = _check_credential("AWS_SESSION_TOKEN", token)
         self._keys: tuple[str, bytes] | None = None  # (date, signing key)
         self._local = threading.local()
 
@@ -106,9 +135,7 @@ class Lean:
     @contextmanager
     def get(self, bucket: str, key: str) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
         with self._request("GET", bucket, key, stream=True) as response:
-            headers = _headers(response)
-            length = response.getheader("content-length")
-            yield headers, _chunks(response, int(length) if length else None)
+            yield _headers(response), _chunks(response, response.length)  # length: None when not given
 
     def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         with self._request("PUT", bucket, key, data, headers) as response:
@@ -117,12 +144,15 @@ class Lean:
     def copy(self, bucket: str, source: str, target: str) -> None:
         headers = {"x-amz-copy-source": quote(f"/{bucket}/{source}", safe="/~"), "x-amz-metadata-directive": "COPY"}
         with self._request("PUT", bucket, target, b"", headers, stream=True) as response:
-            body = response.read()
+            try:
+                body = response.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise Unreachable(f"{type(e).__name__}: {e}") from None
         if b"<Error>" in body:  # S3 may answer 200 and report the copy's failure in the body
             raise S3Error(500, *_error_fields(body))
 
     def url(self, bucket: str, key: str) -> str:
-        return f"{self.endpoint}{self._path(bucket, key)}"
+        return f"{self.scheme}://{self.host}{self._path(bucket, key)}"
 
     # the wire -----------------------------------------------------------------------------------
     def _path(self, bucket: str, key: str) -> str:
@@ -131,66 +161,84 @@ class Lean:
     @contextmanager
     def _request(self, method: str, bucket: str, key: str, body: bytes = b"", headers: dict[str, str] | None = None,
                  stream: bool = False):
+        """One request on this thread's connection. Only this client's own I/O becomes `Unreachable`:
+        what the caller's block raises (a full cache disk, say) passes through unchanged."""
         path = self._path(bucket, key)
         sent = self._sign(method, path, body, headers or {})
-        response = self._send(method, path, body, sent)
+        conn, response = self._send(method, path, body, sent)
         try:
-            if response.status >= 300:
-                raw = response.read() if method != "HEAD" else b""
-                code, message = _error_fields(raw) if raw else ("", "")
-                raise S3Error(response.status, code or _STATUS_CODES.get(response.status, str(response.status)),
-                              message)
-            if not stream:
-                response.read()
+            try:
+                if response.status >= 300:
+                    raw = response.read()  # b"" for HEAD; reading it keeps the connection usable
+                    code, message = _error_fields(raw) if raw else ("", "")
+                    raise S3Error(response.status, code or _STATUS_CODES.get(response.status, str(response.status)),
+                                  message)
+                if not stream:
+                    response.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise Unreachable(f"{type(e).__name__}: {e}") from None
             yield response
-        except (OSError, http.client.HTTPException) as e:
-            self._drop()
-            raise Unreachable(f"{type(e).__name__}: {e}") from None
         finally:
-            if not response.isclosed():  # a body left unread: the connection cannot be reused
-                self._drop()
+            if response.will_close or not response.isclosed():
+                # the server closes it, or a body was left unread: this connection cannot be used again
+                response.close()
+                self._forget(conn)
 
-    def _send(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
-        """Send on this thread's kept-alive connection; a connection the server closed while idle is
-        replaced once (the request never reached it)."""
+    def _send(self, method: str, path: str, body: bytes, headers: dict[str, str]):
+        """Send on this thread's kept-alive connection. A reused connection the server closed while idle is
+        replaced once; should the server have processed the request after all, it is answered twice (the
+        processor's writes are conditional, so a second answer is a 412 it expects)."""
         for attempt in (0, 1):
             fresh = getattr(self._local, "conn", None) is None
+            conn = None
             try:
                 conn = self._connection()
                 conn.request(method, path, body=body or None, headers=headers)
-                return conn.getresponse()
+                return conn, conn.getresponse()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                self._drop()
+                self._forget(conn)
                 if fresh or attempt:
                     raise Unreachable(f"{type(e).__name__}: {e}") from None
+            except ssl.SSLCertVerificationError as e:
+                self._forget(conn)
+                raise ConfigError(f"the TLS certificate of {self.host} could not be verified ({e.verify_message}): "
+                                  "check the endpoint (ONNXFN_OCI_ENDPOINT, AWS_ENDPOINT_URL_S3)") from None
+            except (ValueError, UnicodeError):  # http.client's message repeats the header: never pass it on
+                self._forget(conn)
+                raise ConfigError("a request header to object storage holds characters HTTP cannot carry (control or "
+                                  "non-ASCII characters in a key, token or metadata value)") from None
             except (OSError, http.client.HTTPException) as e:
-                self._drop()
+                self._forget(conn)
                 raise Unreachable(f"{type(e).__name__}: {e}") from None
         raise AssertionError("unreachable")
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            kind = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-            conn = kind(self.host, timeout=min(5.0, self.timeout))
+            connect = min(5.0, self.timeout)
+            if self.scheme == "https":
+                conn = http.client.HTTPSConnection(self.host, timeout=connect, context=_tls_context())
+            else:
+                conn = http.client.HTTPConnection(self.host, timeout=connect)
             conn.connect()
-            conn.sock.settimeout(self.timeout)
+            conn.sock.settimeout(self.timeout)  # connecting may take 5 s at most, each read up to the timeout
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._local.conn = conn
         return conn
 
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
+    def _forget(self, conn: http.client.HTTPConnection | None) -> None:
+        """Close a connection and make sure this thread opens a new one next time."""
         if conn is not None:
             conn.close()
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
 
     def _sign(self, method: str, path: str, body: bytes, extra: dict[str, str]) -> dict[str, str]:
         """AWS Signature Version 4 for S3 (the payload's sha256 signed; no query string)."""
         now = dt.datetime.now(dt.timezone.utc)
         stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
-        headers = {k.lower(): str(v).strip() for k, v in extra.items()}
+        headers = {k.lower(): " ".join(str(v).split()) for k, v in extra.items()}  # SigV4 collapses whitespace
         headers.update({"host": self.host, "x-amz-date": stamp, "x-amz-content-sha256": payload})
         if self._token:
             headers["x-amz-security-token"] = self._token
@@ -207,12 +255,13 @@ class Lean:
         return headers
 
     def _signing_key(self, day: str) -> bytes:
-        if self._keys is None or self._keys[0] != day:
+        keys = self._keys  # read once: another thread may replace it at midnight
+        if keys is None or keys[0] != day:
             key = ("AWS4" + self._secret).encode()
             for part in (day, self.region, "s3", "aws4_request"):
                 key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._keys = (day, key)
-        return self._keys[1]
+            keys = self._keys = (day, key)
+        return keys[1]
 
 
 _STATUS_CODES = {304: "NotModified", 400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
@@ -275,11 +324,15 @@ class Boto3:
     def get(self, bucket: str, key: str):
         with self._errors():
             response = self.client.get_object(Bucket=bucket, Key=key)
-            body = response["Body"]
-            try:
-                yield _boto_headers(response), body.iter_chunks(CHUNK)
-            finally:
-                body.close()
+        body = response["Body"]
+        try:  # what the caller's block raises passes through unchanged
+            yield _boto_headers(response), self._chunks(body)
+        finally:
+            body.close()
+
+    def _chunks(self, body) -> Iterator[bytes]:
+        with self._errors():
+            yield from body.iter_chunks(CHUNK)
 
     def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         extra = {}

@@ -202,6 +202,13 @@ class S3Store(Store):
             yield
         except S3Error as e:
             code, status = e.code, e.status
+            if 300 <= status < 400 or code in ("PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed"):
+                raise ConfigError(f"object storage redirected the request for {where} ({status} {code}): the bucket "
+                                  "is in another region or the endpoint is wrong; set ONNXFN_OCI_REGION, AWS_REGION "
+                                  "or the endpoint (ONNXFN_OCI_ENDPOINT, AWS_ENDPOINT_URL_S3)") from None
+            if code == "RequestTimeTooSkewed":
+                raise ConfigError(f"object storage refused {where}: this machine's clock is too far from the "
+                                  "server's (RequestTimeTooSkewed)") from None
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
                         "ExpiredToken", "AuthorizationHeaderMalformed", "NoCredentials") or status in (401, 403):
                 raise ConfigError(f"object storage refused authentication for {where} ({code or status}): check "
