@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import io
 import json
 import os
@@ -95,14 +96,15 @@ def oci_event(bucket: str, key: str) -> bytes:
     return json.dumps(event).encode()
 
 
-def s3_event(bucket: str, keys: list[str]) -> bytes:
+def s3_event(bucket: str, objects: dict[str, bytes]) -> bytes:
+    """An S3 notification for these objects, with their size and eTag (single-part: the MD5), as S3 sends it."""
     records = []
-    for key in keys:
+    for key, data in objects.items():
         record = copy.deepcopy(S3["Records"][0])
         record["eventName"] = "ObjectCreated:Put"
         record["s3"]["bucket"]["name"] = bucket
-        record["s3"]["object"]["key"] = quote_plus(key, safe="/")
-        record["s3"]["object"].pop("eTag", None)
+        record["s3"]["object"].update(key=quote_plus(key, safe="/"), size=len(data),
+                                      eTag=hashlib.md5(data).hexdigest())
         records.append(record)
     return json.dumps({"Records": records}).encode()
 
@@ -142,7 +144,7 @@ def stats(values: list[float]) -> dict:
             "max": round(v[-1], 3), "mean": round(statistics.fmean(v), 3), "n": len(v)}
 
 
-def run(fn: Function, weed_pid: int, bucket: str, single: list[str], batched: list[str], batch: int,
+def run(fn: Function, weed_pid: int, bucket: str, single: list[str], batched: dict[str, bytes], batch: int,
         model: str) -> list[dict]:
     """Send every event one after another (as the Fn agent does), one-object events and batched events
     interleaved in chunks (a batch event, then as many one-object events; the order flips each chunk), so
@@ -150,8 +152,9 @@ def run(fn: Function, weed_pid: int, bucket: str, single: list[str], batched: li
     the sum of its events' intervals (previous reply -> this reply); CPU of the function process and of
     weed is read from /proc around each event and filed under its mode."""
     singles = [("single", [k], oci_event(bucket, k)) for k in single]
-    batches = [("batch", batched[i:i + batch], s3_event(bucket, batched[i:i + batch]))
-               for i in range(0, len(batched), batch)]
+    keys = list(batched)
+    batches = [("batch", keys[i:i + batch], s3_event(bucket, {k: batched[k] for k in keys[i:i + batch]}))
+               for i in range(0, len(keys), batch)]
     schedule = []
     for j in range(max(len(batches), -(-len(singles) // batch))):
         chunk = [*batches[j:j + 1], *singles[j * batch:(j + 1) * batch]]
@@ -320,9 +323,9 @@ def main() -> int:
             fn = start_function(s3, model, args.threads)
             try:
                 warmups[model] = {"oci_event": warm(fn, oci_event(bucket, f"{model}/warm.{ext}")),
-                                  "s3_event": warm(fn, s3_event(bucket, [f"{model}/warm-s3.{ext}"]))}
+                                  "s3_event": warm(fn, s3_event(bucket, {f"{model}/warm-s3.{ext}": inputs[0]}))}
                 load = loadavg()
-                for result in run(fn, s3.pid, bucket, list(single), list(batched), args.batch, model):
+                for result in run(fn, s3.pid, bucket, list(single), batched, args.batch, model):
                     result["loadavg_at_start"] = load
                     results.append(result)
                     print(table([result]), flush=True)
