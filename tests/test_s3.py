@@ -306,3 +306,56 @@ def test_lean_client_credentials_and_redirects_are_configuration_errors(monkeypa
     store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
     with pytest.raises(ConfigError, match="another region or the endpoint is wrong"):
         store.stat("a")
+
+
+def test_the_server_stopping_mid_download_keeps_nothing_and_the_next_call_recovers(s3, s3_client, bucket, tmp_path,
+                                                                                 monkeypatch):
+    """SeaweedFS is stopped after the first MB of a 48 MB artifact: the download fails as storage unavailable
+    (retried until the deadline), no partial or damaged file stays in the cache, and once the server is back
+    the same cache downloads and verifies it."""
+    import hashlib
+    import os
+    import time
+    from onnxfn.cache import Cache
+    from onnxfn.errors import StorageUnavailable
+    from onnxfn.manifest import Artifact
+    from onnxfn.store import open_store
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    data = os.urandom(48 << 20)
+    s3_client.put_object(Bucket=bucket, Key="m/big.bin", Body=data)
+    artifact = Artifact("big.bin", hashlib.sha256(data).hexdigest(), len(data))
+    store = open_store(f"s3://{bucket}/m/", timeout=2)
+    real_open = store.open
+
+    def open_then_stop(name):
+        manager = real_open(name)
+
+        class Stopping:
+            def __enter__(self):
+                download = manager.__enter__()
+                chunks = download.chunks
+
+                def first_then_stop():
+                    yield next(chunks)
+                    if s3.running:
+                        s3.stop()
+                    yield from chunks
+                download.chunks = first_then_stop()
+                return download
+
+            def __exit__(self, *exc):
+                return manager.__exit__(*exc)
+        return Stopping()
+    monkeypatch.setattr(store, "open", open_then_stop)
+    cache = Cache(tmp_path / "cache", 1 << 30)
+    try:
+        with pytest.raises(StorageUnavailable, match="unreachable"):
+            cache.artifact(store, artifact, time.monotonic() + 4, set())
+        assert list(cache.blobs.iterdir()) == [] and list(cache.partial.iterdir()) == []
+    finally:
+        if not s3.running:
+            s3.start()
+    monkeypatch.setattr(store, "open", real_open)
+    path = cache.artifact(store, artifact, time.monotonic() + 30, set())
+    assert path.stat().st_size == len(data) and path.name == artifact.sha256
