@@ -6,12 +6,16 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import bundle as bundles, manifest as mf
 from .errors import BadRequest, BundleError
 from .runner import ORT_TYPES
+
+if TYPE_CHECKING:
+    from .artifacts import Thresholds
 
 
 @dataclass
@@ -32,7 +36,7 @@ class Options:
     int8: list[str] = field(default_factory=list)            # int8 targets (artifacts.INT8_TARGETS)
     calibration: Path | None = None                          # .npy/.npz of inputs, or a folder of images
     validation: Path | None = None
-    thresholds: "Thresholds | None" = None
+    thresholds: Thresholds | None = None
     ort_format: bool = True                                  # native derived artifacts in ORT format
     report: list[str] = field(default_factory=list)          # filled: what the accuracy gate decided
 
