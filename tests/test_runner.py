@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,92 @@ def test_run_errors_become_inference_errors():
     model = runner.load(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
     with pytest.raises(InferenceError, match="onnxruntime"):
         model.run({"image": np.zeros((1, 1, 9, 9), dtype=np.float32)})
+
+
+def _with_optimized_copy(tmp_path) -> Path:
+    """digits-cnn plus a second, 'optimized' artifact for this CPU (a copy of the portable model), which the
+    runner prefers."""
+    import json
+    import shutil
+    bundle = tmp_path / "b"
+    shutil.copytree(MODELS / "digits-cnn", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    shutil.copy(bundle / "model.onnx", bundle / "opt.onnx")
+    extra = {**manifest["artifacts"][0], "path": "opt.onnx", "kind": "optimized",
+             "requires": {"arch": cpu.arch(), "features": []}}
+    manifest["artifacts"].append(extra)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_an_artifact_that_cannot_run_is_replaced_at_the_cold_calls_inference(tmp_path, monkeypatch):
+    """With no warm-up, the cold call's inference is the artifact's first run: an artifact that fails it (mocked:
+    no artifact that loads but cannot run on this CPU can be built portably) is replaced by the portable one
+    and the call is answered; a bad input on a healthy model is the input's error and swaps nothing."""
+    from onnxfn.errors import InferenceError
+    from onnxfn.service import Service
+    real = runner.Model.run
+
+    def run(self, feeds, outputs=None):
+        if self.artifact == "opt.onnx":
+            raise InferenceError("onnxruntime failed to run the model: kernel not implemented")
+        if any((value == 42).any() for value in feeds.values()):  # an input the model rejects (mocked)
+            raise InferenceError("onnxruntime failed to run the model: bad input")
+        return real(self, feeds, outputs)
+    monkeypatch.setattr(runner.Model, "run", run)
+    settings = Settings(model_uri=str(_with_optimized_copy(tmp_path)), threads=1)
+    service = Service(settings)
+    service.runner.start(inference_waits=True)
+    digit = (MODELS.parent / "samples" / "digit-7.png").read_bytes()
+    answer = service.predict(digit, "image/png")
+    assert answer["result"]["label"] == "7" and answer["runtime"]["artifact"] == "model.onnx"
+    assert answer["cold"] is True and service.runner.get()[0].artifact == "model.onnx"
+    assert service.runner.get()[0].fallbacks == ("opt.onnx",)
+
+    healthy = Service(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
+    healthy.runner.start(inference_waits=True)
+    bad = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [42.0] * 64}]}
+    with pytest.raises(InferenceError, match="bad input"):
+        healthy.infer(bad)
+    model = healthy.runner.get()[0]
+    assert model.checked and model.artifact == "model.onnx" and healthy.runner.loads == 1
+
+
+def test_a_load_that_ran_out_of_an_earlier_calls_time_is_tried_again(tmp_path):
+    r = Runner(Settings(model_uri=str(tmp_path / "missing"), threads=1, deadline_margin_ms=0))
+    r.start(deadline=time.monotonic() + 0.01)  # e.g. a liveness probe's, long gone when a predict comes
+    time.sleep(0.05)
+    with pytest.raises(BundleError):
+        r.get(time.monotonic() + 30)
+    assert r.loads == 2  # not the probe's stale failure: a new attempt within this call's time
+
+
+def test_overlapping_downloads_put_the_switch_interval_back_once_the_last_ends():
+    import sys
+    from onnxfn.cache import DOWNLOAD_SWITCH_INTERVAL, _short_switch_interval
+    before = sys.getswitchinterval()
+    first, second = _short_switch_interval(), _short_switch_interval()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert sys.getswitchinterval() == pytest.approx(DOWNLOAD_SWITCH_INTERVAL)
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == pytest.approx(before)
+
+
+def test_concurrent_first_calls_build_one_core_and_start_one_load():
+    from onnxfn.app import App, Request
+    app = App(lambda: Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
+    digit = (MODELS.parent / "samples" / "digit-7.png").read_bytes()
+    barrier, replies = threading.Barrier(4), []
+
+    def call():
+        barrier.wait()
+        replies.append(app.handle(Request("POST", "/", {"content-type": "image/png"}, digit)))
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in replies] == [200] * 4 and app.service.runner.loads == 1
+    assert sum(r.body["cold"] for r in replies) >= 1

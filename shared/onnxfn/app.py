@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -51,6 +52,8 @@ class App:
     def __init__(self, settings_factory: Callable[[], Settings] = Settings.from_env):
         self._settings_factory = settings_factory
         self._service = None
+        self._runner = None
+        self._building = threading.Lock()
         self.logger = logs.setup()
 
     @property
@@ -58,17 +61,21 @@ class App:
         return self.service_for(None)
 
     def service_for(self, deadline: float | None, inference: bool = False):
-        """The core, built on the first call: the model starts loading (fetch first) before numpy,
+        """The core, built once, on the first call: the model starts loading (fetch first) before numpy,
         Pillow and the core are imported, so that the cold start's download overlaps them."""
         if self._service is None:
-            settings = self._settings_factory()
-            self.logger = logs.setup(settings.log_level)
-            from .runner import IMPORTS, Runner  # imports no numpy
-            runner = Runner(settings)
-            runner.start(deadline, inference_waits=inference)
-            with IMPORTS:
-                from .service import Service  # numpy and the core load here, not at import
-            self._service = Service(settings, runner)
+            with self._building:  # Fn sends one call at a time; `onnxfn serve` and tests may not
+                if self._service is None:
+                    settings = self._settings_factory()
+                    self.logger = logs.setup(settings.log_level)
+                    if self._runner is None:
+                        from .runner import Runner  # imports no numpy
+                        self._runner = Runner(settings)
+                    self._runner.start(deadline, inference_waits=inference)
+                    from .runner import IMPORTS
+                    with IMPORTS:
+                        from .service import Service  # numpy and the core load here, not at import
+                    self._service = Service(settings, self._runner)
         return self._service
 
     def handle(self, request: Request) -> Reply:

@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import bundle as bundles, manifest as mf
@@ -21,6 +23,25 @@ MANIFEST_LIMIT = 1 << 20
 #: first call imports the core meanwhile, holding the GIL, and every socket read of the download has
 #: to win it back; bench/coldstart.py measured the shorter interval's effect
 DOWNLOAD_SWITCH_INTERVAL = 0.0005
+_switch = {"downloads": 0, "saved": 0.005}
+_switch_lock = threading.Lock()
+
+
+@contextmanager
+def _short_switch_interval():
+    """The first download to start lowers the interval, the last to end puts the saved one back."""
+    with _switch_lock:
+        if _switch["downloads"] == 0:
+            _switch["saved"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch["saved"], DOWNLOAD_SWITCH_INTERVAL))
+        _switch["downloads"] += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch["downloads"] -= 1
+            if _switch["downloads"] == 0:
+                sys.setswitchinterval(_switch["saved"])
 
 
 def default_size(root: Path) -> int:
@@ -96,10 +117,8 @@ class Cache:
     def _download(self, store: Store, artifact: mf.Artifact, path: Path) -> Path:
         part = self.partial / f"{artifact.sha256}.{uuid.uuid4().hex}.part"
         digest, size = hashlib.sha256(), 0
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, DOWNLOAD_SWITCH_INTERVAL))
         try:
-            with open(part, "wb") as out, store.open(artifact.path) as download:
+            with _short_switch_interval(), open(part, "wb") as out, store.open(artifact.path) as download:
                 for chunk in download.chunks:
                     size += len(chunk)
                     if size > artifact.size:
@@ -116,7 +135,6 @@ class Cache:
         except OSError as e:  # the cache's own disk: full or unwritable
             raise StorageUnavailable(f"writing {artifact.path} to the cache failed: {e}", code="cache_failed") from None
         finally:
-            sys.setswitchinterval(interval)
             part.unlink(missing_ok=True)
 
     def evict(self, incoming: int, keep: set[str]) -> list[str]:

@@ -54,6 +54,7 @@ class Model:
     fallbacks: tuple[str, ...] = ()   # artifacts that failed to load before this one
     phases: dict = field(default_factory=dict)  # ms spent fetching, waiting for the engine, creating, warming
     warmed: bool = False              # a run on zeros was made when the session was built
+    checked: bool = False             # the artifact has run once (warm-up or a call): it works on this CPU
 
     @property
     def manifest(self) -> Manifest:
@@ -159,10 +160,12 @@ def store_for(settings: Settings) -> Store:
                       timeout=settings.storage_timeout, s3_client=settings.s3_client)
 
 
-def load(settings: Settings, deadline: float | None = None, warmup: bool = True) -> Model:
+def load(settings: Settings, deadline: float | None = None, warmup: bool = True,
+         skip: frozenset[str] = frozenset()) -> Model:
     """Load, verify and warm up the bundle the settings name; storage retries stop at `deadline`
     (time.monotonic()). The artifact to serve is fetched and verified before onnxruntime is imported.
-    With warmup false (a call waits to run the first inference itself) no run on zeros is made."""
+    With warmup false (a call waits to run the first inference itself) no run on zeros is made: that
+    call's inference checks the artifact (`Runner.recheck`). Artifacts in `skip` failed to run."""
     started = time.perf_counter()
     bundle, source = resolve(settings, deadline if deadline is not None else time.monotonic() + 300)
     manifest = bundle.manifest
@@ -171,7 +174,10 @@ def load(settings: Settings, deadline: float | None = None, warmup: bool = True)
     threads = settings.threads or cpu.threads()
     if tuning is not None and tuning.intra_op_threads and not settings.threads:
         threads = min(tuning.intra_op_threads, threads)  # never more than this container's quota
-    order = choose(manifest, arch, features, tuning, settings.artifact)
+    order = [a for a in choose(manifest, arch, features, tuning, settings.artifact) if a.path not in skip]
+    if skip and not order:
+        raise BundleError(f"no artifact of the bundle runs on this CPU: {', '.join(sorted(skip))} failed",
+                          code="artifacts_failed")
     if not order or (settings.artifact not in ("auto", "portable", "") and order[0].path != settings.artifact):
         raise ConfigError(f"ONNXFN_ARTIFACT names {settings.artifact!r}, which the bundle does not have; its "
                           f"artifacts are {', '.join(a.path for a in manifest.artifacts)}")
@@ -197,7 +203,7 @@ def load(settings: Settings, deadline: float | None = None, warmup: bool = True)
             if artifact is not manifest.portable:
                 logs.event(log, "artifact_failed", logging.WARNING, artifact=artifact.path, error=e.message)
             continue
-        model.fallbacks = tuple(a.path for a, _ in failures)
+        model.fallbacks = tuple(sorted(skip)) + tuple(a.path for a, _ in failures)
         model.load_ms = (time.perf_counter() - started) * 1000
         model.phases = {"load_fetch": _ms(fetched - started), "load_engine_import": _ms(engine_ready - fetched),
                         **model.phases}
@@ -239,7 +245,7 @@ def _session(bundle: bundles.Bundle, artifact: Artifact, path: Path, threads: in
     if warmup:
         try:
             model.run({spec.name: example(spec) for spec in bundle.manifest.inputs})
-            model.warmed = True
+            model.warmed = model.checked = True
         except OnnxfnError as e:
             raise BundleError(f"warm-up inference failed for artifact {artifact.path!r}: {e.message}",
                               code="warmup_failed") from None
@@ -336,9 +342,10 @@ class Runner:
                     self._begin(deadline, warmup=not inference_waits)
                     self._unclaimed = self._loading
 
-    def get(self, deadline: float | None = None) -> tuple[Model, bool]:
+    def get(self, deadline: float | None = None, inference: bool = False) -> tuple[Model, bool]:
         """The model, and whether this call found it unloaded (a cold call). `deadline` is the call's
-        Fn-Deadline as time.monotonic(); without one the call waits for the load."""
+        Fn-Deadline as time.monotonic(); without one the call waits for the load. `inference`: this
+        call runs the model next (a load it starts makes no run on zeros)."""
         model = self._model
         if model is not None and self._unclaimed is None:
             self._revalidate_if_due(model)
@@ -347,12 +354,16 @@ class Runner:
         budget = None if deadline is None else deadline - margin
         with self._lock:
             # the first call to ask for a load start() began is the cold one, even when the load finished
-            # while it decoded; a failed load is tried again, except by that call, which gets its error
+            # while it decoded; if that load failed, this call gets its error, unless the load merely ran
+            # out of the time an earlier call had (then, and for every later call, it is tried again)
             claimed, self._unclaimed = self._unclaimed is not None, None
             if self._model is not None:
                 return self._model, claimed
-            if self._loading is None or (self._loading.done() and not claimed):
-                self._begin(deadline)
+            loading = self._loading
+            stale = (loading is not None and loading.done() and
+                     (not claimed or (loading.budget is not None and loading.budget <= time.monotonic())))
+            if loading is None or stale:
+                self._begin(deadline, warmup=not inference)
             loading = self._loading
         try:
             return loading.result(timeout=None if budget is None else max(0.0, budget - time.monotonic())), True
@@ -360,10 +371,30 @@ class Runner:
             raise LoadTimeout("the model is still loading (cold start) and could not be ready before this call's "
                               "deadline; loading goes on: retry in a few seconds") from None
 
+    def recheck(self, model: Model, deadline: float | None = None) -> Model | None:
+        """`model` failed its first inference, which was to be its warm-up. A run on zeros tells the input's
+        fault (the artifact works: None) from the artifact's (it cannot run on this CPU: the next artifact
+        is loaded, swapped in and returned; the portable one failing is an error)."""
+        try:
+            model.run({spec.name: example(spec) for spec in model.manifest.inputs})
+            model.checked = True
+            return None
+        except OnnxfnError as e:
+            if model.artifact == model.manifest.portable.path:
+                raise BundleError(f"the portable artifact {model.artifact!r} cannot run: {e.message}",
+                                  code="warmup_failed") from None
+            logs.event(log, "artifact_failed", logging.WARNING, artifact=model.artifact, error=e.message)
+        fresh = load(self.settings, deadline, warmup=True, skip=frozenset(model.fallbacks) | {model.artifact})
+        with self._lock:
+            if self._model is model:
+                self._model = fresh
+        return fresh
+
     def _begin(self, deadline: float | None, warmup: bool = True) -> None:
         """Start a load (the lock is held); storage retries stop just before `deadline`."""
         budget = None if deadline is None else deadline - self.settings.deadline_margin_ms / 1000
         self._loading = Future()
+        self._loading.budget = budget
         self.loads += 1
         threading.Thread(target=self._load, args=(self._loading, budget, warmup), daemon=True,
                          name="onnxfn-load").start()

@@ -6,7 +6,7 @@ import time
 from contextlib import contextmanager
 
 from . import cpu, payload, postprocess, preprocess, tensor
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, InferenceError, NotFound
 from .runner import Model, Runner
 from .settings import Settings
 
@@ -35,9 +35,9 @@ class Service:
 
     # -- model ------------------------------------------------------------------------
     def model(self, timer: Timer | None = None, name: str | None = None, version: str | None = None,
-              deadline: float | None = None) -> tuple[Model, bool]:
+              deadline: float | None = None, inference: bool = False) -> tuple[Model, bool]:
         started = time.perf_counter()
-        model, cold = self.runner.get(deadline)
+        model, cold = self.runner.get(deadline, inference)
         if timer is not None:
             timer.ms["load"] = round((time.perf_counter() - started) * 1000, 3) if cold else 0.0
             if cold:  # where the cold start went: fetch, engine import, session creation, warm-up
@@ -50,6 +50,23 @@ class Service:
             raise NotFound(f"model {m.name!r} version {version!r} is not served here; the version served is "
                            f"{m.version!r}", code="version_not_found")
         return model, cold
+
+    def run(self, model: Model, feeds: dict, outputs: list[str] | None, deadline: float | None):
+        """Run the model; the outputs, and the model that ran. A model's first inference is its warm-up: if it
+        fails, `Runner.recheck` tells a bad input from an artifact this CPU cannot run, which is replaced
+        by the next one (the portable model at last) and the call is run again on it."""
+        try:
+            values = model.run(feeds, outputs)
+        except InferenceError:
+            if model.checked:
+                raise
+            fresh = self.runner.recheck(model, deadline)
+            if fresh is None:
+                raise
+            model = fresh
+            values = model.run(feeds, outputs)
+        model.checked = True
+        return values, model
 
     def describe(self, model: Model, cold: bool, timer: Timer) -> dict:
         m = model.manifest
@@ -69,7 +86,7 @@ class Service:
                              code="image_expected")
         with timer.step("decode"):  # on a cold call, while the model loads in the background
             image = payload.decode_image(body, self.settings.max_pixels)
-        model, cold = self.model(timer, deadline=deadline)
+        model, cold = self.model(timer, deadline=deadline, inference=True)
         m = model.manifest
         if m.task == "tensor":
             raise BadRequest(f"model {m.name!r} is a tensor model: send OIP tensors to /v2/models/{m.name}/infer",
@@ -78,7 +95,7 @@ class Service:
         with timer.step("preprocess"):
             feed, geometry = preprocess.prepare(image, spec)
         with timer.step("inference"):
-            outputs = model.run({spec.name: feed}, [m.primary_output.name])
+            outputs, model = self.run(model, {spec.name: feed}, [m.primary_output.name], deadline)
         with timer.step("postprocess"):
             output = outputs[m.primary_output.name]
             if m.task == "classification":
@@ -94,7 +111,7 @@ class Service:
     def infer(self, document, name: str | None = None, version: str | None = None,
               deadline: float | None = None) -> dict:
         timer = Timer()
-        model, cold = self.model(timer, name, version, deadline)
+        model, cold = self.model(timer, name, version, deadline, inference=True)
         m = model.manifest
         with timer.step("decode"):
             request = tensor.parse_request(document, m.inputs)
@@ -104,7 +121,7 @@ class Service:
             raise BadRequest(f"requested output(s) {', '.join(map(repr, unknown))} do not exist; the model's "
                              f"outputs are {', '.join(map(repr, available))}", code="unknown_output")
         with timer.step("inference"):
-            outputs = model.run(request.inputs, request.outputs)
+            outputs, model = self.run(model, request.inputs, request.outputs, deadline)
         with timer.step("postprocess"):
             encoded = [tensor.encode(n, v) for n, v in outputs.items()]
         described = self.describe(model, cold, timer)
