@@ -174,7 +174,7 @@ def main(argv: list[str]) -> int:
         out["hwm_after_import_ort_mb"] = hwm()
         variant, path = argv[2], None
         out["variant"] = variant
-        bundle = bundles.load(Path(settings.baked_bundle), verify=False)
+        bundle = bundles.load(Path(settings.baked_bundle), eager=False)
         options = runner.session_options(threads)
         level = ort.GraphOptimizationLevel
         if variant == "offline_optimised":   # argv[3]: the model saved by ORT_ENABLE_ALL, loaded as is

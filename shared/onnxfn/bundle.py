@@ -23,10 +23,10 @@ MANIFEST = "manifest.json"
 class Bundle:
     root: Path
     manifest: mf.Manifest
-    files: dict[str, Path] | None = None  # artifact path -> file, when not under root (the cache)
+    files: dict[str, Path] | None = None  # artifact path -> verified file, filled on first use by `fetch`
     manifest_sha256: str | None = None
     version: str | None = None  # the store's version of manifest.json (ETag), for revalidation
-    fetch: Callable[[mf.Artifact], Path] | None = field(default=None, compare=False)  # remote: on first use
+    fetch: Callable[[mf.Artifact], Path] | None = field(default=None, compare=False)  # verifies (and downloads)
 
     def path(self, artifact: mf.Artifact) -> Path:
         """The artifact's verified file (a remote bundle fetches it into the cache now)."""
@@ -58,18 +58,26 @@ def read_manifest(root: Path) -> tuple[mf.Manifest, str]:
     return mf.parse(data), hashlib.sha256(raw).hexdigest()
 
 
-def load(root: Path, verify: bool = True) -> Bundle:
-    """Read and validate a bundle; with `verify`, check every artifact's size and sha256."""
-    manifest, digest = read_manifest(Path(root))
-    bundle = Bundle(Path(root), manifest, manifest_sha256=digest)
-    if verify:
-        for artifact in bundle.manifest.artifacts:
-            verify_artifact(bundle, artifact)
+def load(root: Path, eager: bool = True) -> Bundle:
+    """Read and validate a bundle. Eager: check every artifact's size and sha256 now; else each artifact
+    is checked the first time `Bundle.path` hands it out (a function checks only the one it serves)."""
+    root = Path(root)
+    manifest, digest = read_manifest(root)
+    if not eager:
+        return Bundle(root, manifest, files={}, manifest_sha256=digest,
+                      fetch=lambda artifact: check_file(root / artifact.path, artifact))
+    bundle = Bundle(root, manifest, manifest_sha256=digest)
+    for artifact in bundle.manifest.artifacts:
+        verify_artifact(bundle, artifact)
     return bundle
 
 
 def verify_artifact(bundle: Bundle, artifact: mf.Artifact) -> None:
-    path = bundle.path(artifact)
+    check_file(bundle.path(artifact), artifact)
+
+
+def check_file(path: Path, artifact: mf.Artifact) -> Path:
+    """`path`, once its size and sha256 are the manifest's for `artifact`."""
     if not path.is_file():
         raise BundleError(f"artifact {artifact.path!r} listed in {MANIFEST} is missing from the bundle",
                           code="artifact_missing")
@@ -81,6 +89,7 @@ def verify_artifact(bundle: Bundle, artifact: mf.Artifact) -> None:
     if actual != artifact.sha256:
         raise BundleError(f"artifact {artifact.path!r} has sha256 {actual} but {MANIFEST} says {artifact.sha256}: "
                           "the bundle is damaged or was edited; repackage it", code="checksum_mismatch")
+    return path
 
 
 def write(root: Path, manifest: mf.Manifest, files: dict[str, Path], force: bool = False) -> Bundle:

@@ -72,6 +72,11 @@ class Model:
             raise InferenceError(f"onnxruntime failed to run the model: {e}") from None
         return dict(zip(names, values))
 
+    def warm_up(self) -> None:
+        """One run on zeros: the first run's costs are paid, and the artifact is known to run here."""
+        self.run({spec.name: example(spec) for spec in self.manifest.inputs})
+        self.checked = True
+
 
 def session_options(threads: int, artifact: Artifact | None = None, tuning: Tuning | None = None):
     """Options for one session: explicit threads, no spinning, sequential; a pre-optimized artifact
@@ -139,13 +144,13 @@ def resolve(settings: Settings, deadline: float, store: Store | None = None) -> 
     pin = settings.model_sha256 or None
     baked = Path(settings.baked_bundle) if settings.baked_bundle else None
     if baked is not None and (baked / bundles.MANIFEST).is_file():
-        bundle = bundles.load(baked, verify=False)  # the artifact served is verified before its session
+        bundle = bundles.load(baked, eager=False)  # the artifact served is verified before its session
         if pin is None or bundle.manifest_sha256 == pin:
             return bundle, "baked"
         logs.event(log, "baked_bundle_ignored", logging.WARNING, path=str(baked), reason="does not match MODEL_SHA256")
     store = store or store_for(settings)
     if store.local is not None:
-        bundle = bundles.load(store.local, verify=False)  # the artifact served is verified before its session
+        bundle = bundles.load(store.local, eager=False)  # the artifact served is verified before its session
         if pin and bundle.manifest_sha256 != pin:
             raise BundleError(f"{store.describe(bundles.MANIFEST)} has sha256 {bundle.manifest_sha256} but "
                               f"MODEL_SHA256 pins {pin}", code="pin_mismatch")
@@ -181,21 +186,16 @@ def load(settings: Settings, deadline: float | None = None, warmup: bool = True,
     if not order or (settings.artifact not in ("auto", "portable", "") and order[0].path != settings.artifact):
         raise ConfigError(f"ONNXFN_ARTIFACT names {settings.artifact!r}, which the bundle does not have; its "
                           f"artifacts are {', '.join(a.path for a in manifest.artifacts)}")
-    first: Path | BundleError
-    try:
-        first = artifact_file(bundle, order[0])
-    except BundleError as e:
-        first = e
-    fetched = time.perf_counter()
-    with IMPORTS:
-        import onnxruntime  # noqa: F401
-    engine_ready = time.perf_counter()
+    fetched = engine_ready = 0.0
     failures: list[tuple[Artifact, BundleError]] = []
     for artifact in order:
         try:
-            if artifact is order[0] and isinstance(first, BundleError):
-                raise first
-            path = first if artifact is order[0] else artifact_file(bundle, artifact)
+            path = bundle.path(artifact)  # fetched (remote) and verified, before onnxruntime is imported
+            if not engine_ready:
+                fetched = time.perf_counter()
+                with IMPORTS:
+                    import onnxruntime  # noqa: F401
+                engine_ready = time.perf_counter()
             model = _session(bundle, artifact, path, threads, tuning if _applies(tuning, artifact) else None,
                              source, settings.warmup and warmup)
         except BundleError as e:
@@ -212,15 +212,6 @@ def load(settings: Settings, deadline: float | None = None, warmup: bool = True,
         raise failures[0][1]
     raise BundleError("no artifact of the bundle could be loaded: " +
                       "; ".join(f"{a.path!r}: {e.message}" for a, e in failures), code="artifacts_failed")
-
-
-def artifact_file(bundle: bundles.Bundle, artifact: Artifact) -> Path:
-    """The artifact's verified file: a remote bundle fetches (and verifies) it into the cache; a local or
-    baked one checks its size and sha256 in place. Only artifacts actually served are read."""
-    if bundle.files is not None:
-        return bundle.path(artifact)
-    bundles.verify_artifact(bundle, artifact)
-    return bundle.path(artifact)
 
 
 def _applies(tuning: Tuning | None, artifact: Artifact) -> bool:
@@ -244,8 +235,8 @@ def _session(bundle: bundles.Bundle, artifact: Artifact, path: Path, threads: in
     created = time.perf_counter()
     if warmup:
         try:
-            model.run({spec.name: example(spec) for spec in bundle.manifest.inputs})
-            model.warmed = model.checked = True
+            model.warm_up()
+            model.warmed = True
         except OnnxfnError as e:
             raise BundleError(f"warm-up inference failed for artifact {artifact.path!r}: {e.message}",
                               code="warmup_failed") from None
@@ -376,8 +367,7 @@ class Runner:
         fault (the artifact works: None) from the artifact's (it cannot run on this CPU: the next artifact
         is loaded, swapped in and returned; the portable one failing is an error)."""
         try:
-            model.run({spec.name: example(spec) for spec in model.manifest.inputs})
-            model.checked = True
+            model.warm_up()
             return None
         except OnnxfnError as e:
             if model.artifact == model.manifest.portable.path:
