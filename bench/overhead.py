@@ -32,10 +32,16 @@ from onnxfn.agent import ENTRY, Function  # noqa: E402
 from onnxfn.package import Options, build  # noqa: E402
 
 
-def densenet_bundle() -> Path:
+def densenet_onnx() -> Path:
+    """DenseNet-121 (MONAI) as ONNX, exported once by bench/export_densenet.py (dev extra)."""
     onnx_path = CACHE / "densenet121.onnx"
     if not onnx_path.exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "export_densenet.py"), str(onnx_path)], check=True)
+    return onnx_path
+
+
+def densenet_bundle() -> Path:
+    onnx_path = densenet_onnx()
     bundle = CACHE / "densenet121"
     if not (bundle / "manifest.json").exists():
         build(onnx_path, bundle, Options(name="densenet121", task="classification", activation="softmax",
@@ -101,7 +107,6 @@ def main() -> int:
                 bare.append(b * 1000)
                 timings = reply.json()["timings_ms"]
                 steps.append({**timings, "outside the handler (fdk, socket, JSON)": a * 1000 - timings["total"]})
-        answer = reply.json()
         rss = peak_rss_mb(fn.process.pid)
     finally:
         fn.stop()
