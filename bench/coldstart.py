@@ -228,7 +228,6 @@ class ColdStart:
         finally:
             fn.stop()
             shutil.rmtree(scratch, ignore_errors=True)
-            shutil.rmtree(fn.socket.parent, ignore_errors=True)
         spawn = fn.started_at
         rec = {"candidate": name, "total_ms": (answered - spawn) * 1000, "start_ms": (ready - spawn) * 1000,
                "call_ms": (answered - ready) * 1000, "rss_mb": status.get("VmHWM"),
@@ -251,11 +250,8 @@ class ColdStart:
                        decode_preprocess_ms=tm.get("decode", 0) + tm.get("preprocess", 0),
                        inference_ms=tm.get("inference"), postprocess_ms=tm.get("postprocess"),
                        source=answer["runtime"].get("source"), timings_ms=tm)
-            # if onnxfn ever reports its load split on cold calls (timings_ms load_fetch / load_session /
-            # load_warmup, see the proposal in the report), use it instead of the probes' estimate
-            for key, field in (("load_fetch", "fetch_ms"), ("load_session", "session_ms"), ("load_warmup", "warmup_ms")):
-                if key in tm:
-                    rec[field] = tm[key]
+            # onnxfn reports its load split on cold calls
+            rec.update(fetch_ms=tm["load_fetch"], session_ms=tm["load_session"], warmup_ms=tm["load_warmup"])
         rec["import_dispatch_ms"] = rec["call_ms"] - rec["load_ms"] - rec["first_run_ms"]
         rec = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in rec.items()}
         return rec

@@ -11,7 +11,8 @@ MODE
   import        `import onnxruntime` alone (after what the function has imported by then)
   fetch         runner.resolve() alone (onnxruntime never imported)
   serial        import onnxruntime, THEN resolve, session, _check, warm-up, one more run
-  overlap       runner.load()'s order: import thread || resolve, join, session, _check, warm-up, one more run
+  overlap       import onnxruntime in a thread || resolve, join, session, _check, warm-up, one more run (the
+                alternative to runner.load(), which fetches, then imports under runner.IMPORTS)
   costs_s3      `import boto3` and onnxfn's boto3 client creation
   costs_misc    `import urllib.request`, `import PIL.Image`, `import pydicom`, sha256 of the artifact
   session VARIANT [PATH]  session creation + two runs with onnxfn's options ("onnxfn") or a variant:
@@ -122,7 +123,7 @@ def main(argv: list[str]) -> int:
         done: dict = {}
 
         def engine() -> None:
-            import onnxruntime  # noqa: F401  (what runner.load overlapped before this probe dropped it)
+            import onnxruntime  # noqa: F401
             done["t"] = time.perf_counter()
 
         t0, c0 = time.perf_counter(), time.process_time()
@@ -134,7 +135,7 @@ def main(argv: list[str]) -> int:
         thread.join()
         out["import_thread_ms"] = round((done["t"] - t0) * 1000, 3)
         out["join_wait_ms"] = ms(fetched)
-        out["import_plus_fetch_ms"] = ms(t0)   # the overlapped pair, as runner.load() does it
+        out["import_plus_fetch_ms"] = ms(t0)   # the overlapped pair
         out["cpu_import_plus_fetch_ms"] = cpu(c0)
         out["hwm_after_fetch_mb"] = hwm()
         session_and_runs(out, bundle, threads)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -87,6 +88,7 @@ class Function:
 
     def start(self, wait: float = 15.0) -> "Function":
         env = {**self.env, "FN_FORMAT": "http-stream", "FN_LISTENER": f"unix:{self.socket}"}
+        self._dir.mkdir(exist_ok=True)  # a stopped function can be started again
         self._log = open(self.log_path, "ab")
         self.started_at = time.perf_counter()
         self.process = subprocess.Popen([*self.command, str(self.entry), self.handler],
@@ -168,6 +170,7 @@ class Function:
                 self.process.wait()
         if getattr(self, "_log", None):
             self._log.close()
+        shutil.rmtree(self._dir, ignore_errors=True)  # the socket and the log: read logs() before stop()
 
     def __enter__(self) -> "Function":
         return self.start() if self.process is None else self
