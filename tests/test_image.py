@@ -136,24 +136,14 @@ def test_tiff_8bit_keeps_values(array, compression):
     np.testing.assert_array_equal(im.pixels, array)
 
 
-def test_tiff_16bit_keeps_full_range():
-    pixels = np.array([[0, 4095], [40000, 65535]], dtype=np.uint16)
+@pytest.mark.parametrize("pixels, bits, dtype", [
+    (np.array([[0, 4095], [40000, 65535]], dtype=np.uint16), 16, np.uint16),
+    (np.array([[1.5, -2.25], [0.0, 1e6]], dtype=np.float32), None, np.float32),  # floating point: no bits
+    (np.array([[0, 7000], [65535, 3]], dtype=np.int32), 16, np.uint16),          # 32-bit integers within 16 bits
+], ids=["uint16-full-range", "float32", "int32-within-16-bits"])
+def test_wide_tiffs_keep_their_values(pixels, bits, dtype):
     im = image.decode(encode(pixels, "TIFF"), "tiff", LIMIT)
-    assert im.bits == 16 and im.pixels.dtype == np.uint16
-    np.testing.assert_array_equal(im.pixels, pixels)
-
-
-def test_float_tiff_is_floating_point_without_bits():
-    pixels = np.array([[1.5, -2.25], [0.0, 1e6]], dtype=np.float32)
-    im = image.decode(encode(pixels, "TIFF"), "tiff", LIMIT)
-    assert im.bits is None and im.pixels.dtype == np.float32
-    np.testing.assert_array_equal(im.pixels, pixels)
-
-
-def test_32bit_integer_tiff_within_16_bits_is_kept():
-    pixels = np.array([[0, 7000], [65535, 3]], dtype=np.int32)
-    im = image.decode(encode(pixels, "TIFF"), "tiff", LIMIT)
-    assert im.bits == 16 and im.pixels.dtype == np.uint16
+    assert im.bits == bits and im.pixels.dtype == dtype
     np.testing.assert_array_equal(im.pixels, pixels)
 
 

@@ -1,6 +1,7 @@
 """Bundles on a real S3 server (SeaweedFS on loopback): s3:// and oci:// through the real fdk."""
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -221,6 +222,14 @@ class _Scripted:
                     if close:
                         break
 
+    def store(self):
+        """An S3Store on this server through the lean client (placeholder keys)."""
+        from onnxfn import s3
+        from onnxfn.store import S3Store
+        store = S3Store("s3://b/p/", "b", "p/", endpoint=self.url)
+        store._client = s3.Lean(self.url, "r", "k", "s", None, 5)
+        return store
+
 
 def test_lean_client_replaces_a_connection_the_server_closed_while_idle():
     from onnxfn import s3
@@ -238,26 +247,20 @@ def test_lean_client_replaces_a_connection_the_server_closed_while_idle():
 
 def test_lean_client_a_body_cut_short_is_unavailable_and_caches_nothing(tmp_path):
     from onnxfn.errors import StorageUnavailable
-    from onnxfn.store import S3Store
-    from onnxfn import s3
     server = _Scripted([(200, {"Content-Length": "1000"}, b"x" * 10, True)])
-    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
-    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    store = server.store()
     with pytest.raises(StorageUnavailable, match="after 10 of 1,000 bytes"):
         store.read("model.onnx", 1 << 20)
 
 
 def test_lean_client_errors_carry_the_servers_code():
-    from onnxfn import s3
     from onnxfn.errors import ConfigError, ObjectMissing, PreconditionFailed, StorageUnavailable
-    from onnxfn.store import S3Store
     xml = b"<Error><Code>%s</Code><Message>m</Message></Error>"
     server = _Scripted([(403, {"Content-Length": "58"}, xml % b"SignatureDoesNotMatch", False),
                         (404, {"Content-Length": "45"}, xml % b"NoSuchBucket", False),
                         (412, {"Content-Length": "51"}, xml % b"PreconditionFailed", False),
                         (503, {"Content-Length": "49"}, xml % b"SlowDown12345", False)])
-    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
-    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    store = server.store()
     with pytest.raises(ConfigError, match="refused authentication"):
         store.read("a", 100)
     with pytest.raises(ObjectMissing, match="bucket 'b' does not exist"):
@@ -269,11 +272,8 @@ def test_lean_client_errors_carry_the_servers_code():
 
 
 def test_lean_client_keeps_its_connection_after_an_error_answer():
-    from onnxfn import s3
-    from onnxfn.store import S3Store
     server = _Scripted([(404, {"Content-Length": "0"}, b"", False), (200, {"Content-Length": "2"}, b"ok", False)])
-    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
-    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    store = server.store()
     with pytest.raises(ObjectMissing):
         store.stat("a")  # a HEAD's 404 has no body to read
     assert store.read("a", 100)[0] == b"ok"
@@ -282,11 +282,8 @@ def test_lean_client_keeps_its_connection_after_an_error_answer():
 
 def test_what_the_callers_block_raises_passes_through_the_lean_client():
     """A full cache disk while downloading is the cache's error, not an unreachable server."""
-    from onnxfn import s3
-    from onnxfn.store import S3Store
     server = _Scripted([(200, {"Content-Length": "4"}, b"data", False)])
-    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
-    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    store = server.store()
     with pytest.raises(OSError, match="No space"):
         with store.open("a") as download:
             next(download.chunks)
@@ -296,14 +293,12 @@ def test_what_the_callers_block_raises_passes_through_the_lean_client():
 def test_lean_client_credentials_and_redirects_are_configuration_errors(monkeypatch):
     from onnxfn import s3
     from onnxfn.errors import ConfigError
-    from onnxfn.store import S3Store
     assert s3.Lean("http://127.0.0.1:1", "r", "k\n", "s", "t\n", 5)._token == "t"  # a stray newline is dropped
     with pytest.raises(ConfigError, match="AWS_SESSION_TOKEN holds spaces") as e:
         s3.Lean("http://127.0.0.1:1", "r", "k", "s", "secret\ntoken", 5)
     assert "secret" not in e.value.message
     server = _Scripted([(301, {"Content-Length": "0"}, b"", False)])
-    store = S3Store("s3://b/p/", "b", "p/", endpoint=server.url)
-    store._client = s3.Lean(server.url, "r", "k", "s", None, 5)
+    store = server.store()
     with pytest.raises(ConfigError, match="another region or the endpoint is wrong"):
         store.stat("a")
 
@@ -328,25 +323,18 @@ def test_the_server_stopping_mid_download_keeps_nothing_and_the_next_call_recove
     store = open_store(f"s3://{bucket}/m/", timeout=2)
     real_open = store.open
 
+    @contextlib.contextmanager
     def open_then_stop(name):
-        manager = real_open(name)
+        with real_open(name) as download:
+            chunks = download.chunks
 
-        class Stopping:
-            def __enter__(self):
-                download = manager.__enter__()
-                chunks = download.chunks
-
-                def first_then_stop():
-                    yield next(chunks)
-                    if s3.running:
-                        s3.stop()
-                    yield from chunks
-                download.chunks = first_then_stop()
-                return download
-
-            def __exit__(self, *exc):
-                return manager.__exit__(*exc)
-        return Stopping()
+            def first_then_stop():
+                yield next(chunks)
+                if s3.running:
+                    s3.stop()
+                yield from chunks
+            download.chunks = first_then_stop()
+            yield download
     monkeypatch.setattr(store, "open", open_then_stop)
     cache = Cache(tmp_path / "cache", 1 << 30)
     try:
