@@ -82,10 +82,11 @@ class App:
         """Answer one call; never raises."""
         started = time.perf_counter()
         route = ["invoke" if not request.gateway else "unrouted"]
-        try:
-            self.service_for(request.deadline, inference=_runs_inference(request))
-        except Exception:
-            pass  # answered by the route that needs the model (liveness does not)
+        if self._service is None:  # the first call starts the load
+            try:
+                self.service_for(request.deadline, inference=_runs_inference(request))
+            except Exception:
+                pass  # answered by the route that needs the model (liveness does not)
         try:
             if request.gateway:
                 reply = self._route(request, route)

@@ -34,7 +34,8 @@ from . import events as ev, logs
 from .cache import retrying
 from .errors import BadRequest, InferenceError, ObjectMissing, OnnxfnError, PreconditionFailed
 from .settings import Settings
-from .store import S3Store, Stat, open_store
+from .runner import store_for
+from .store import S3Store, Stat
 
 log = logging.getLogger("onnxfn")
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
@@ -222,14 +223,7 @@ class Processor:
             uri = f"oci://{ref.bucket}@{ref.namespace}/"
         else:
             uri = f"s3://{ref.bucket}/"
-        kwargs = dict(oci_region=s.oci_region, oci_endpoint=s.oci_endpoint, timeout=s.storage_timeout,
-                      s3_client=s.s3_client)
-        source = open_store(uri, **kwargs)
-        if s.output_uri:
-            output = open_store(s.output_uri, **kwargs)
-        else:
-            output = open_store(uri + DEFAULT_PREFIX, **kwargs)
-        return source, output
+        return store_for(s, uri), store_for(s, s.output_uri or uri + DEFAULT_PREFIX)
 
     def _skip_reason(self, ref: ev.ObjectRef, source: S3Store, output: S3Store) -> str:
         if ref.action == "deleted":

@@ -9,6 +9,7 @@ revalidated in the background every ONNXFN_REVALIDATE_SECONDS and swapped atomic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -64,8 +65,15 @@ class Model:
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
+    @functools.cached_property
+    def runtime(self) -> dict:
+        """Where and how this model runs, as answers report it (fixed for the model's life)."""
+        return {"arch": cpu.arch(), "cpu_features": cpu.describe()["features"], "provider": self.provider,
+                "artifact": self.artifact, "artifact_kind": self.kind, "threads": self.threads,
+                "tuned": self.tuning is not None, "source": self.source}
+
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        names = outputs or [o.name for o in self.session.get_outputs()]
+        names = outputs or list(self.output_shapes)
         try:
             values = self.session.run(names, feeds)
         except Exception as e:  # onnxruntime raises its own exception types
@@ -160,19 +168,21 @@ def resolve(settings: Settings, deadline: float, store: Store | None = None) -> 
     return cache.bundle(store, pin, deadline), "remote"
 
 
-def store_for(settings: Settings) -> Store:
-    return open_store(settings.model_uri, oci_region=settings.oci_region, oci_endpoint=settings.oci_endpoint,
+def store_for(settings: Settings, uri: str | None = None) -> Store:
+    """The store of `uri` (default MODEL_URI), opened with the settings' storage options."""
+    return open_store(uri or settings.model_uri, oci_region=settings.oci_region, oci_endpoint=settings.oci_endpoint,
                       timeout=settings.storage_timeout, s3_client=settings.s3_client)
 
 
 def load(settings: Settings, deadline: float | None = None, warmup: bool = True,
-         skip: frozenset[str] = frozenset()) -> Model:
+         skip: frozenset[str] = frozenset(), resolved: tuple[bundles.Bundle, str] | None = None) -> Model:
     """Load, verify and warm up the bundle the settings name; storage retries stop at `deadline`
     (time.monotonic()). The artifact to serve is fetched and verified before onnxruntime is imported.
     With warmup false (a call waits to run the first inference itself) no run on zeros is made: that
-    call's inference checks the artifact (`Runner.recheck`). Artifacts in `skip` failed to run."""
+    call's inference checks the artifact (`Runner.recheck`). Artifacts in `skip` failed to run; `resolved`
+    is a bundle already in hand (and where it came from)."""
     started = time.perf_counter()
-    bundle, source = resolve(settings, deadline if deadline is not None else time.monotonic() + 300)
+    bundle, source = resolved or resolve(settings, deadline if deadline is not None else time.monotonic() + 300)
     manifest = bundle.manifest
     arch, features = cpu.arch(), cpu.features()
     tuning = tuning_for(manifest, arch, features) if settings.artifact != "portable" else None
@@ -313,7 +323,8 @@ class Runner:
         self._model: Model | None = None
         self._lock = threading.Lock()
         self._loading: Future | None = None
-        self._unclaimed: Future | None = None  # a load start() began that no get() has waited on yet
+        self._unclaimed = False  # a load start() began that no get() has asked for yet
+        self._rechecking = threading.Lock()
         self._checking = False
         self.loads = 0
         self.swaps = 0
@@ -331,23 +342,22 @@ class Runner:
             with self._lock:
                 if self._model is None and (self._loading is None or self._loading.done()):
                     self._begin(deadline, warmup=not inference_waits)
-                    self._unclaimed = self._loading
+                    self._unclaimed = True
 
     def get(self, deadline: float | None = None, inference: bool = False) -> tuple[Model, bool]:
         """The model, and whether this call found it unloaded (a cold call). `deadline` is the call's
         Fn-Deadline as time.monotonic(); without one the call waits for the load. `inference`: this
         call runs the model next (a load it starts makes no run on zeros)."""
         model = self._model
-        if model is not None and self._unclaimed is None:
+        if model is not None and not self._unclaimed:
             self._revalidate_if_due(model)
             return model, False
-        margin = self.settings.deadline_margin_ms / 1000
-        budget = None if deadline is None else deadline - margin
+        budget = self._budget(deadline)
         with self._lock:
             # the first call to ask for a load start() began is the cold one, even when the load finished
             # while it decoded; if that load failed, this call gets its error, unless the load merely ran
             # out of the time an earlier call had (then, and for every later call, it is tried again)
-            claimed, self._unclaimed = self._unclaimed is not None, None
+            claimed, self._unclaimed = self._unclaimed, False
             if self._model is not None:
                 return self._model, claimed
             loading = self._loading
@@ -365,24 +375,39 @@ class Runner:
     def recheck(self, model: Model, deadline: float | None = None) -> Model | None:
         """`model` failed its first inference, which was to be its warm-up. A run on zeros tells the input's
         fault (the artifact works: None) from the artifact's (it cannot run on this CPU: the next artifact
-        is loaded, swapped in and returned; the portable one failing is an error)."""
-        try:
-            model.warm_up()
-            return None
-        except OnnxfnError as e:
-            if model.artifact == model.manifest.portable.path:
-                raise BundleError(f"the portable artifact {model.artifact!r} cannot run: {e.message}",
-                                  code="warmup_failed") from None
-            logs.event(log, "artifact_failed", logging.WARNING, artifact=model.artifact, error=e.message)
-        fresh = load(self.settings, deadline, warmup=True, skip=frozenset(model.fallbacks) | {model.artifact})
+        is loaded from the same bundle, swapped in and returned; the portable one failing is an error). One
+        call at a time: a second one finds the replacement made."""
+        with self._rechecking:
+            if self._model is not model and self._model is not None:
+                return self._model
+            try:
+                model.warm_up()
+                return None
+            except OnnxfnError as e:
+                if model.artifact == model.manifest.portable.path:
+                    raise BundleError(f"the portable artifact {model.artifact!r} cannot run: {e.message}",
+                                      code="warmup_failed") from None
+                logs.event(log, "artifact_failed", logging.WARNING, artifact=model.artifact, error=e.message)
+            fresh = load(self.settings, self._budget(deadline), warmup=True,
+                         skip=frozenset(model.fallbacks) | {model.artifact}, resolved=(model.bundle, model.source))
+            self._swap(model, fresh)
+            return fresh
+
+    def _budget(self, deadline: float | None) -> float | None:
+        """Until when storage may be retried for a call with this deadline: just before it."""
+        return None if deadline is None else deadline - self.settings.deadline_margin_ms / 1000
+
+    def _swap(self, old: Model, fresh: Model) -> bool:
+        """Serve `fresh` instead of `old`, unless another swap came first."""
         with self._lock:
-            if self._model is model:
-                self._model = fresh
-        return fresh
+            if self._model is not old:
+                return False
+            self._model = fresh
+            return True
 
     def _begin(self, deadline: float | None, warmup: bool = True) -> None:
         """Start a load (the lock is held); storage retries stop just before `deadline`."""
-        budget = None if deadline is None else deadline - self.settings.deadline_margin_ms / 1000
+        budget = self._budget(deadline)
         self._loading = Future()
         self._loading.budget = budget
         self.loads += 1
@@ -425,10 +450,8 @@ class Runner:
                 model.bundle = dataclasses.replace(model.bundle, version=version)
                 return
             fresh = load(self.settings, time.monotonic() + 300)
-            with self._lock:
-                if self._model is model:
-                    self._model = fresh
-                    self.swaps += 1
+            if self._swap(model, fresh):
+                self.swaps += 1
             logs.event(log, "model_swapped", old=model.bundle.manifest_sha256, new=fresh.bundle.manifest_sha256,
                        version=fresh.manifest.version)
         except OnnxfnError as e:

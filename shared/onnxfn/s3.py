@@ -118,7 +118,7 @@ class Lean:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"the S3 endpoint {endpoint!r} must be an http:// or https:// URL")
-        self.endpoint, self.region, self.timeout = endpoint.rstrip("/"), region, timeout
+        self.region, self.timeout = region, timeout
         self.scheme, self.host = parts.scheme, parts.netloc
         self.base = parts.path.rstrip("/")
         self._access = _check_credential("AWS_ACCESS_KEY_ID", access_key)

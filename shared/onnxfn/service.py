@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-from . import cpu, payload, postprocess, preprocess, tensor
+from . import payload, postprocess, preprocess, tensor
 from .errors import BadRequest, InferenceError, NotFound
 from .runner import Model, Runner
 from .settings import Settings
@@ -71,9 +71,7 @@ class Service:
     def describe(self, model: Model, cold: bool, timer: Timer) -> dict:
         m = model.manifest
         return {"model": {"name": m.name, "version": m.version, "sha256": m.portable.sha256},
-                "runtime": {"arch": cpu.arch(), "cpu_features": cpu.describe()["features"],
-                            "provider": model.provider, "artifact": model.artifact, "artifact_kind": model.kind,
-                            "threads": model.threads, "tuned": model.tuning is not None, "source": model.source},
+                "runtime": dict(model.runtime),
                 "cold": cold, "timings_ms": timer.total()}
 
     # -- image in, task answer out ----------------------------------------------------
@@ -115,7 +113,7 @@ class Service:
         m = model.manifest
         with timer.step("decode"):
             request = tensor.parse_request(document, m.inputs)
-        available = [o.name for o in model.session.get_outputs()]
+        available = list(model.output_shapes)
         unknown = [n for n in request.outputs or () if n not in available]
         if unknown:
             raise BadRequest(f"requested output(s) {', '.join(map(repr, unknown))} do not exist; the model's "

@@ -210,7 +210,7 @@ class S3Store(Store):
                 raise ConfigError(f"object storage refused {where}: this machine's clock is too far from the "
                                   "server's (RequestTimeTooSkewed)") from None
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-                        "ExpiredToken", "AuthorizationHeaderMalformed", "NoCredentials") or status in (401, 403):
+                        "ExpiredToken", "NoCredentials") or status in (401, 403):
                 raise ConfigError(f"object storage refused authentication for {where} ({code or status}): check "
                                   "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (on OCI: a customer secret key) "
                                   "and the policy on the bucket", code="storage_auth_failed") from None
