@@ -503,10 +503,10 @@ def arches(choice: str) -> list[str]:
 
 def check(arch: str, layer: Path, wanted: dict[str, str]) -> list[str]:
     """Print the checks of one layer; the problems found."""
-    problems = check_pins(layer, wanted)
+    pin_problems = check_pins(layer, wanted)
     count, elf_problems = check_elf(layer, arch)
-    problems += elf_problems + check_scripts(layer)
-    print(f"{arch}: pins {'OK' if not check_pins(layer, wanted) else 'MISMATCH'} "
+    problems = pin_problems + elf_problems + check_scripts(layer)
+    print(f"{arch}: pins {'OK' if not pin_problems else 'MISMATCH'} "
           f"({', '.join(f'{n}=={v}' for n, v in wanted.items())})")
     print(f"{arch}: {count} shared objects checked, {len(elf_problems)} not {arch} ELF")
     for name, tags in platform_wheels(layer).items():
