@@ -50,6 +50,8 @@ PROBE = BENCH / "coldstart_probe.py"
 for extra in (ROOT / "shared", BENCH, ROOT / "tests"):
     sys.path.insert(0, str(extra))
 
+import procfs  # bench/procfs.py: this script's folder is on sys.path
+
 from onnxfn.agent import ENTRY, Function  # noqa: E402
 
 CANDIDATES = ("naive", "s3", "par", "baked")
@@ -108,27 +110,6 @@ def handler(ctx, data: io.BytesIO = None):
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def proc_status(pid: int) -> dict[str, float]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
-            out[key] = int(value.split()[0]) / 1024
-        elif key == "Threads":
-            out[key] = int(value)
-    return out
-
-
-def cpu_ms(pid: int) -> float:
-    """user + system CPU time a process has used so far, ms (/proc/<pid>/stat, clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def loadavg() -> list[float]:
-    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-
-
 class LoadSampler(threading.Thread):
     def __init__(self, every: float = 2.0):
         super().__init__(daemon=True)
@@ -136,7 +117,7 @@ class LoadSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.samples.append(loadavg()[0])
+            self.samples.append(procfs.loadavg()[0])
             self._halt.wait(self.every)
 
     def stop(self) -> None:
@@ -219,8 +200,8 @@ class ColdStart:
             ready = time.perf_counter()
             reply = fn.call(self.png, "image/png", deadline=120)
             answered = time.perf_counter()
-            status = proc_status(fn.process.pid)
-            cpu = cpu_ms(fn.process.pid)
+            status = procfs.status(fn.process.pid)
+            cpu = procfs.cpu_ms(fn.process.pid)
             answer = reply.json()
             if "result" not in answer:
                 raise RuntimeError(f"{name}: no result in the first answer: {answer}\n{fn.logs()[-2000:]}")
@@ -315,7 +296,7 @@ class ColdStart:
                 k += 1
                 rec = self.cold_start(name)
                 rec.update(round=r - self.args.warmup_rounds, position=pos, warmup=r < self.args.warmup_rounds,
-                           load1=loadavg()[0])
+                           load1=procfs.loadavg()[0])
                 self.records.append(rec)
                 tag = "warm-up, discarded" if rec["warmup"] else f"round {rec['round'] + 1}"
                 print(f"[{k:2d}/{total}] {name:<5} total {rec['total_ms']:7.1f} ms  (start {rec['start_ms']:5.1f}, "
@@ -576,7 +557,7 @@ def main() -> int:
         parser.error("--runs must be at least 1")
 
     started = time.perf_counter()
-    load_before = loadavg()
+    load_before = procfs.loadavg()
     print(f"load average before: {load_before} ({os.cpu_count()} CPUs)", flush=True)
     sampler = LoadSampler()
     sampler.start()
@@ -590,7 +571,7 @@ def main() -> int:
     finally:
         bench.close()
         sampler.stop()
-    load_after = loadavg()
+    load_after = procfs.loadavg()
     summary = summarise(bench, load_before, load_after, sampler, started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")

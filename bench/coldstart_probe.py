@@ -33,6 +33,8 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import procfs  # noqa: E402  (bench/procfs.py, standard library only)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared"))
 
@@ -52,10 +54,7 @@ def cpu(since: float) -> float:
 
 def hwm() -> float:
     """This process's peak RSS so far (VmHWM), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
+    return round(procfs.status()["VmHWM"], 1)
 
 
 def session_and_runs(out: dict, bundle, threads: int, options=None, path: str | None = None) -> None:

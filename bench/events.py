@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote_plus
 
+import procfs  # bench/procfs.py: this script's folder is on sys.path
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +61,6 @@ from s3server import S3Server  # noqa: E402
 GOAL_MS = 15.0
 OCI = json.loads((EVENTS / "oci-createobject.json").read_text())
 S3 = json.loads((EVENTS / "s3-put-and-delete.json").read_text())
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- inputs and events ------------------------------------------------------------------------------------
@@ -111,16 +112,9 @@ def s3_event(bucket: str, objects: dict[str, bytes]) -> bytes:
 
 # -- measuring ------------------------------------------------------------------------------------------
 
-def loadavg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-
-
 def cpu_seconds(pid: int | None) -> float:
-    if not pid:
-        return float("nan")
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+        return procfs.cpu_ms(pid) / 1000 if pid else float("nan")
     except (OSError, IndexError, ValueError):
         return float("nan")
 
@@ -304,7 +298,7 @@ def main() -> int:
     args = parser.parse_args()
 
     figures = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host_cpus": os.cpu_count(),
-               "loadavg_before": loadavg(), "python_speed_ms_before": python_speed(), "goal_ms": GOAL_MS,
+               "loadavg_before": procfs.loadavg(), "python_speed_ms_before": python_speed(), "goal_ms": GOAL_MS,
                "threads": args.threads,
                "args": vars(args)}
     t0 = time.perf_counter()
@@ -324,7 +318,7 @@ def main() -> int:
             try:
                 warmups[model] = {"oci_event": warm(fn, oci_event(bucket, f"{model}/warm.{ext}")),
                                   "s3_event": warm(fn, s3_event(bucket, {f"{model}/warm-s3.{ext}": inputs[0]}))}
-                load = loadavg()
+                load = procfs.loadavg()
                 for result in run(fn, s3.pid, bucket, list(single), batched, args.batch, model):
                     result["loadavg_at_start"] = load
                     results.append(result)
@@ -338,9 +332,9 @@ def main() -> int:
                 raise RuntimeError(f"{model}: {len(names)} result objects, expected {expected}")
         figures["warmup"] = warmups
         figures["results"] = results
-        figures["loadavg_after_runs"] = loadavg()
+        figures["loadavg_after_runs"] = procfs.loadavg()
         figures["clients_ms"] = clients_vs_floor(s3, bucket, "digits-cnn/single/0000.png")
-    figures["loadavg_after"] = loadavg()
+    figures["loadavg_after"] = procfs.loadavg()
     figures["python_speed_ms_after"] = python_speed()
     figures["runtime_s"] = round(time.perf_counter() - t0, 1)
     verdict = "PASS" if results[0]["goal_pass"] else "MISS"

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+import procfs  # bench/procfs.py: this script's folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
 sys.path.insert(0, str(ROOT / "shared"))
@@ -68,13 +70,6 @@ def import_ms(code: str, repeats: int = 7) -> float:
     return statistics.median(times)
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=40)
@@ -107,7 +102,7 @@ def main() -> int:
                 bare.append(b * 1000)
                 timings = reply.json()["timings_ms"]
                 steps.append({**timings, "outside the handler (fdk, socket, JSON)": a * 1000 - timings["total"]})
-        rss = peak_rss_mb(fn.process.pid)
+        rss = procfs.status(fn.process.pid)["VmHWM"]
     finally:
         fn.stop()
 
