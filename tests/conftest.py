@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ pytest_plugins = ["s3server", "parserver"]
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
+DIGIT = (ROOT / "samples" / "digit-7.png").read_bytes()  # the bundled sample: a 7
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -102,10 +102,7 @@ def function():
 
 
 def png(array: np.ndarray) -> bytes:
-    from PIL import Image
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode(array, "PNG")
 
 
 def encode(array: np.ndarray, fmt: str, **kwargs) -> bytes:

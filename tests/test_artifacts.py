@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import MODELS, ROOT
+from conftest import DIGIT, MODELS
 from onnxfn import bundle as bundles, cpu, runner
 from onnxfn.artifacts import Thresholds
 from onnxfn.errors import BadRequest, BundleError
@@ -15,7 +15,6 @@ from onnxfn.manifest import Requirement
 from onnxfn.package import Options, build
 from onnxfn.settings import Settings
 
-DIGIT = (ROOT / "samples" / "digit-7.png").read_bytes()
 LABELS = [str(d) for d in range(10)]
 
 

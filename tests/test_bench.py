@@ -8,13 +8,12 @@ import shutil
 
 import pytest
 
-from conftest import MODELS, ROOT, identity_segmenter, onnx_model
+from conftest import DIGIT, MODELS, ROOT, identity_segmenter, onnx_model
 from onnxfn import bench, bundle as bundles, cpu, runner
 from onnxfn.cli import main
 from onnxfn.manifest import Requirement, Tuning
 from onnxfn.settings import Settings
 
-DIGIT = (ROOT / "samples" / "digit-7.png").read_bytes()
 HELDOUT = MODELS / "data" / "digits-heldout-nchw.npy"
 CANDIDATE_FIELDS = {"id", "engine", "provider", "artifact", "kind", "level", "threads", "spinning", "prepacking",
                     "preoptimized", "default", "runtime", "status", "error", "import_ms", "create_ms",

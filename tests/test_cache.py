@@ -3,7 +3,6 @@ partial files, eviction."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 

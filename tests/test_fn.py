@@ -12,9 +12,8 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import MODELS, encode, oip, png, pydicom_file
+from conftest import DIGIT, MODELS, encode, oip, png, pydicom_file
 
-DIGIT = (MODELS.parent / "samples" / "digit-7.png").read_bytes()
 
 
 @pytest.fixture

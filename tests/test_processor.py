@@ -2,7 +2,6 @@
 images become stored results; replays, loops, poison objects, storage faults and odd keys."""
 from __future__ import annotations
 
-import base64
 import copy
 import io
 import json
@@ -12,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MODELS, ROOT
+from conftest import DIGIT, MODELS, ROOT
 from models.train import phantoms
 from onnxfn.processor import result_name
 
 EVENTS = Path(__file__).resolve().parent / "events"
-DIGIT = (ROOT / "samples" / "digit-7.png").read_bytes()
 OCI = json.loads((EVENTS / "oci-createobject.json").read_text())
 S3 = json.loads((EVENTS / "s3-put-and-delete.json").read_text())
 

@@ -6,13 +6,10 @@ import json
 import shutil
 import time
 
-import pytest
-
-from conftest import MODELS, ROOT
+from conftest import DIGIT, MODELS
 from onnxfn import bundle as bundles
 from parserver import ParServer  # noqa: F401  (the served fixture is in parserver)
 
-DIGIT = (ROOT / "samples" / "digit-7.png").read_bytes()
 
 
 def env(server, tmp_path, **extra):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MODELS
+from conftest import DIGIT, MODELS
 from onnxfn import cpu, runner
 from onnxfn.errors import BundleError
 from onnxfn.runner import Runner
@@ -161,8 +161,7 @@ def test_an_artifact_that_cannot_run_is_replaced_at_the_cold_calls_inference(tmp
     settings = Settings(model_uri=str(_with_optimized_copy(tmp_path)), threads=1)
     service = Service(settings)
     service.runner.start(inference_waits=True)
-    digit = (MODELS.parent / "samples" / "digit-7.png").read_bytes()
-    answer = service.predict(digit, "image/png")
+    answer = service.predict(DIGIT, "image/png")
     assert answer["result"]["label"] == "7" and answer["runtime"]["artifact"] == "model.onnx"
     assert answer["cold"] is True and service.runner.get()[0].artifact == "model.onnx"
     assert service.runner.get()[0].fallbacks == ("opt.onnx",)
@@ -201,12 +200,11 @@ def test_overlapping_downloads_put_the_switch_interval_back_once_the_last_ends()
 def test_concurrent_first_calls_build_one_core_and_start_one_load():
     from onnxfn.app import App, Request
     app = App(lambda: Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
-    digit = (MODELS.parent / "samples" / "digit-7.png").read_bytes()
     barrier, replies = threading.Barrier(4), []
 
     def call():
         barrier.wait()
-        replies.append(app.handle(Request("POST", "/", {"content-type": "image/png"}, digit)))
+        replies.append(app.handle(Request("POST", "/", {"content-type": "image/png"}, DIGIT)))
     threads = [threading.Thread(target=call) for _ in range(4)]
     for t in threads:
         t.start()

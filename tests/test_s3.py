@@ -6,13 +6,12 @@ import threading
 
 import pytest
 
-from conftest import MODELS, ROOT
+from conftest import DIGIT, MODELS
 from onnxfn import bundle as bundles
 from onnxfn.errors import ObjectMissing
 from onnxfn.runner import Runner
 from onnxfn.settings import Settings
 
-DIGIT = (ROOT / "samples" / "digit-7.png").read_bytes()
 
 
 def upload(client, bucket: str, prefix: str, name: str = "digits-cnn") -> None:

@@ -14,10 +14,9 @@ import urllib.request
 
 import pytest
 
-from conftest import MODELS, ROOT
+from conftest import DIGIT, MODELS
 from onnxfn.serve import Front
 
-DIGIT = (ROOT / "samples" / "digit-7.png").read_bytes()
 
 
 def http(url, body=None, method=None, headers=None):
