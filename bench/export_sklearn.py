@@ -20,14 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
-    from sklearn.linear_model import LogisticRegression
-
     from models.train._digits import load_split, png8_to_input
+    from models.train.digits_sklearn import fit
 
     out = Path(argv[1]) if len(argv) > 1 else ROOT / "bench" / ".cache" / "digits-sklearn.pkl"
     np.random.seed(0)
     img_tr, img_te, y_tr, _ = load_split()
-    clf = LogisticRegression(C=10.0, max_iter=5000, random_state=0).fit(png8_to_input(img_tr).reshape(-1, 64), y_tr)
+    clf = fit(img_tr, y_tr)
     proba = clf.predict_proba(png8_to_input(img_te).reshape(-1, 64))
     saved = np.load(ROOT / "models" / "data" / "digits-sklearn-proba.npy")
     diff = float(np.abs(proba - saved).max())

@@ -34,10 +34,10 @@ if fw == "torch":
 elif fw == "sklearn":
     from threadpoolctl import threadpool_limits
     threadpool_limits(threads)
-    from sklearn.linear_model import LogisticRegression
-    from models.train._digits import load_split, png8_to_input
+    from models.train._digits import load_split
+    from models.train.digits_sklearn import fit
     tr, te, ytr, yte = load_split()
-    clf = LogisticRegression(C=10.0, max_iter=5000, random_state=0).fit(png8_to_input(tr).reshape(len(tr), 64), ytr)
+    clf = fit(tr, ytr)
     variants = {"predict_proba": lambda: clf.predict_proba(x)}
 elif fw == "keras":
     import tensorflow as tf

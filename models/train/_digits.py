@@ -38,16 +38,18 @@ def load_split():
 
 
 def check_onnx(onnx_path, x_te: np.ndarray, y_te: np.ndarray, source_logits: np.ndarray, *,
-               min_accuracy: float = 0.95, max_diff: float = 1e-4) -> tuple[float, float]:
-    """The exported model against its source framework's logits on the held-out set, also at batch 1
-    and 5: returns (max abs difference, onnxruntime accuracy), each asserted against its limit."""
+               min_accuracy: float = 0.95, max_diff: float = 1e-4, input_name: str = "image",
+               output_name: str = "logits") -> tuple[float, float]:
+    """The exported model against its source framework's outputs (logits, or probabilities) on the held-out
+    set, also at batch 1 and 5: returns (max abs difference, onnxruntime accuracy), each asserted against
+    its limit."""
     from models.train._export import ort_session
 
     sess = ort_session(onnx_path)
-    ort_logits = sess.run(["logits"], {"image": x_te})[0]
+    ort_logits = sess.run([output_name], {input_name: x_te})[0]
     worst = float(np.abs(ort_logits - source_logits).max())
     for bs in (1, 5):
-        out = sess.run(["logits"], {"image": x_te[:bs]})[0]
+        out = sess.run([output_name], {input_name: x_te[:bs]})[0]
         assert out.shape == (bs, 10), out.shape
         worst = max(worst, float(np.abs(out - source_logits[:bs]).max()))
     accuracy = float((ort_logits.argmax(1) == y_te).mean())
