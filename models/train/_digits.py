@@ -37,6 +37,16 @@ def load_split():
     return img_tr, img_te, y_tr, y_te
 
 
+def shift8(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Light augmentation of [n, 8, 8] images: each moved by -1..1 px in y and x, zero padded."""
+    n = len(x)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    dy, dx = rng.integers(0, 3, size=(2, n))
+    rows = (np.arange(8)[None, :] + dy[:, None])[:, :, None]
+    cols = (np.arange(8)[None, :] + dx[:, None])[:, None, :]
+    return padded[np.arange(n)[:, None, None], rows, cols]
+
+
 def check_onnx(onnx_path, x_te: np.ndarray, y_te: np.ndarray, source_logits: np.ndarray, *,
                min_accuracy: float = 0.95, max_diff: float = 1e-4, input_name: str = "image",
                output_name: str = "logits") -> tuple[float, float]:

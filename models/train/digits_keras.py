@@ -28,7 +28,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # bit-reproducible CPU kern
 
 import numpy as np  # noqa: E402
 
-from models.train._digits import check_onnx, load_split, png8_to_input  # noqa: E402
+from models.train._digits import check_onnx, load_split, png8_to_input, shift8  # noqa: E402
 from models.train._export import describe_io  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../models
@@ -60,16 +60,6 @@ def build_model():
         layers.Dropout(0.3, name="drop2"),
         layers.Dense(10, name="logits"),
     ], name="digits")
-
-
-def shift(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Light augmentation: each image moved by -1..1 px in y and x, zero padded (NHWC)."""
-    n = len(x)
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    dy, dx = rng.integers(0, 3, size=(2, n))
-    rows = (np.arange(8)[None, :] + dy[:, None])[:, :, None]
-    cols = (np.arange(8)[None, :] + dx[:, None])[:, None, :]
-    return padded[np.arange(n)[:, None, None], rows, cols]
 
 
 def canonical_names(proto) -> None:
@@ -172,7 +162,7 @@ def main() -> None:
     rng = np.random.default_rng(SEED)
     for epoch in range(EPOCHS):
         order = rng.permutation(len(x_tr))
-        hist = model.fit(shift(x_tr[order], rng), y_tr[order], batch_size=BATCH, epochs=1, shuffle=False,
+        hist = model.fit(shift8(x_tr[order][..., 0], rng)[..., None], y_tr[order], batch_size=BATCH, epochs=1, shuffle=False,
                          verbose=0)
         if (epoch + 1) % 10 == 0:
             acc = float((model(x_te, training=False).numpy().argmax(1) == y_te).mean())

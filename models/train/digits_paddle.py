@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from models.train._digits import check_onnx, load_split, png8_to_input
+from models.train._digits import check_onnx, load_split, png8_to_input, shift8
 from models.train._export import describe_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../models
@@ -62,16 +62,6 @@ def build_model():
         nn.Dropout(0.3),
         nn.Linear(128, 10),
     )
-
-
-def shift(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Light augmentation: each image moved by -1..1 px in y and x, zero padded (NCHW)."""
-    n = len(x)
-    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    dy, dx = rng.integers(0, 3, size=(2, n))
-    rows = (np.arange(8)[None, :] + dy[:, None])[:, :, None]
-    cols = (np.arange(8)[None, :] + dx[:, None])[:, None, :]
-    return padded[np.arange(n)[:, None, None], 0, rows, cols][:, None]
 
 
 def _check_folding_deps() -> None:
@@ -137,7 +127,7 @@ def main() -> None:
     for epoch in range(EPOCHS):
         model.train()
         order = rng.permutation(n)
-        xs, ys = shift(x_tr[order], rng), y_tr[order]
+        xs, ys = shift8(x_tr[order][:, 0], rng)[:, None], y_tr[order]
         total = 0.0
         for i in range(0, n, BATCH):
             xb, yb = paddle.to_tensor(xs[i:i + BATCH]), paddle.to_tensor(ys[i:i + BATCH])
