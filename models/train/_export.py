@@ -83,6 +83,32 @@ def strip_metadata(path) -> None:
     onnx.save(m, str(path))
 
 
+def name_output(proto, name: str = "logits", batch: str = "batch") -> None:
+    """Converters name the graph output after an internal tensor: call it `name` everywhere, and call the
+    first dimension of every input and output `batch` where it has no fixed size."""
+    rename = {o.name: name for o in proto.graph.output}
+    for node in proto.graph.node:
+        node.output[:] = [rename.get(n, n) for n in node.output]
+        node.input[:] = [rename.get(n, n) for n in node.input]
+    for o in proto.graph.output:
+        o.name = name
+    for vi in (*proto.graph.input, *proto.graph.output):
+        dim = vi.type.tensor_type.shape.dim[0]
+        if not dim.HasField("dim_value") or dim.dim_value <= 0:
+            dim.dim_param = batch
+
+
+def save_checked(proto, path, inputs=("image",), outputs=("logits",)) -> None:
+    """Write an ONNX model after onnx's full check and a check of its input and output names."""
+    import onnx
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == list(inputs), [i.name for i in proto.graph.input]
+    assert [o.name for o in proto.graph.output] == list(outputs), [o.name for o in proto.graph.output]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
 def describe_io(path) -> str:
     import onnx
 

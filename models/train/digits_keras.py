@@ -29,7 +29,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # bit-reproducible CPU kern
 import numpy as np  # noqa: E402
 
 from models.train._digits import check_onnx, load_split, png8_to_input, shift8  # noqa: E402
-from models.train._export import describe_io  # noqa: E402
+from models.train._export import describe_io, name_output, save_checked  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../models
 ONNX_PATH = os.path.join(ROOT, "digits-keras", "model.onnx")
@@ -108,7 +108,6 @@ def canonical_names(proto) -> None:
 
 
 def export(model, path: str) -> None:
-    import onnx
     import tensorflow as tf
     import tf2onnx
 
@@ -120,23 +119,12 @@ def export(model, path: str) -> None:
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
-    # tf2onnx names the graph output after the TF tensor (e.g. "logits" or "Identity:0"): make it "logits"
-    rename = {o.name: "logits" for o in proto.graph.output}
-    for node in proto.graph.node:
-        node.output[:] = [rename.get(n, n) for n in node.output]
-        node.input[:] = [rename.get(n, n) for n in node.input]
-    for o in proto.graph.output:
-        o.name = "logits"
-    for vi in (*proto.graph.input, *proto.graph.output):  # tf2onnx calls the None batch "unk__NN"
-        vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    # tf2onnx names the graph output after the TF tensor (e.g. "Identity:0") and the None batch "unk__NN"
+    name_output(proto)
     canonical_names(proto)
     proto.doc_string = ""
     proto.graph.doc_string = ""
-    onnx.checker.check_model(proto, full_check=True)
-    assert [i.name for i in proto.graph.input] == ["image"], [i.name for i in proto.graph.input]
-    assert [o.name for o in proto.graph.output] == ["logits"]
-    with open(path, "wb") as f:
-        f.write(proto.SerializeToString())
+    save_checked(proto, path)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from models.train._digits import check_onnx, load_split, png8_to_input, shift8
-from models.train._export import describe_io
+from models.train._export import describe_io, name_output, save_checked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../models
 ONNX_PATH = os.path.join(ROOT, "digits-paddle", "model.onnx")
@@ -85,22 +85,8 @@ def export(model, path: str) -> None:
         prefix = os.path.join(tmp, "model")
         paddle.onnx.export(model, prefix, input_spec=spec, opset_version=OPSET)
         proto = onnx.load(prefix + ".onnx")
-    rename = {o.name: "logits" for o in proto.graph.output}
-    for node in proto.graph.node:
-        node.output[:] = [rename.get(n, n) for n in node.output]
-        node.input[:] = [rename.get(n, n) for n in node.input]
-    for o in proto.graph.output:
-        o.name = "logits"
-    for vi in (*proto.graph.input, *proto.graph.output):
-        dim = vi.type.tensor_type.shape.dim[0]
-        if not dim.HasField("dim_value") or dim.dim_value <= 0:
-            dim.dim_param = "batch"
-    onnx.checker.check_model(proto, full_check=True)
-    assert [i.name for i in proto.graph.input] == ["image"], [i.name for i in proto.graph.input]
-    assert [o.name for o in proto.graph.output] == ["logits"]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(proto.SerializeToString())
+    name_output(proto)
+    save_checked(proto, path)
 
 
 def main() -> None:

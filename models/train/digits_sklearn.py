@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from models.train._digits import check_onnx, load_split, png8_to_input
-from models.train._export import describe_io, ort_session
+from models.train._export import describe_io, ort_session, save_checked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONNX_PATH = os.path.join(ROOT, "digits-sklearn", "model.onnx")
@@ -43,7 +43,6 @@ def main() -> None:
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
-    import onnx
 
     t0 = time.time()
     np.random.seed(0)
@@ -62,13 +61,7 @@ def main() -> None:
         target_opset={"": OPSET, "ai.onnx.ml": 3},
         final_types=None,
     )
-    onnx.checker.check_model(onx, full_check=True)
-    outs = [o.name for o in onx.graph.output]
-    assert [i.name for i in onx.graph.input] == ["input"]
-    assert outs == ["label", "probabilities"], outs
-    os.makedirs(os.path.dirname(ONNX_PATH), exist_ok=True)
-    with open(ONNX_PATH, "wb") as f:
-        f.write(onx.SerializeToString())
+    save_checked(onx, ONNX_PATH, inputs=("input",), outputs=("label", "probabilities"))
 
     max_diff, ort_acc = check_onnx(ONNX_PATH, x_te, y_te, proba, max_diff=1e-5, input_name="input",
                                    output_name="probabilities")
