@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache" / "artifacts"
 sys.path[:0] = [str(ROOT / "shared"), str(ROOT)]
 
-from onnxfn import bundle as bundles, cpu, runner  # noqa: E402
-from onnxfn.package import Options, build  # noqa: E402
+from onnxfn.bundles import bundle as bundles
+from onnxfn.runtime import cpu
+from onnxfn.runtime import loader as runner  # noqa: E402
+from onnxfn.tools.package import Options, build  # noqa: E402
 
 
 def calibration(name: str, folder: Path) -> Path:
@@ -74,7 +76,7 @@ def package(name: str) -> bundles.Bundle:
             options = Options(name=name, task=m.task, activation=out_spec.activation, decision=out_spec.decision,
                               labels=list(out_spec.labels or []) or None, image=image, layout=m.inputs[0].layout)
         options.optimize_for, options.int8, options.calibration, options.force = ["native"], ["native"], cal, True
-        from onnxfn.artifacts import Thresholds
+        from onnxfn.tools.artifacts import Thresholds
         options.thresholds = Thresholds(min_dice=0.95)
         bundle = build(model, out, options)
         for line in options.report:

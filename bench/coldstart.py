@@ -3,7 +3,7 @@
     python bench/coldstart.py [--runs 10] [--threads 2] [--probe-runs 5] [--no-probe]
 
 DenseNet-121 (MONAI, 1x1x224x224, 28 MB; bench/overhead.py's densenet_bundle()) served to a
-512x512 8-bit grey PNG sent by direct invocation, under the real fdk (onnxfn.agent.Function),
+512x512 8-bit grey PNG sent by direct invocation, under the real fdk (onnxfn.tools.dev.agent.Function),
 by four candidates, ALTERNATED round by round (the order rotates every round):
 
   naive  a hand-written func.py (written to a temp dir by this script): numpy, onnxruntime,
@@ -11,8 +11,8 @@ by four candidates, ALTERNATED round by round (the order rotates every round):
          model from SeaweedFS into a fresh /tmp folder, a default `InferenceSession(path)`,
          PIL decode + resize to 224 + normalise, run, softmax, JSON. It stamps
          time.perf_counter() (CLOCK_MONOTONIC, shared with this process) at every step.
-  s3     onnxfn, MODEL_URI=s3://... on SeaweedFS (tests/s3server.py) on loopback
-  par    onnxfn, MODEL_URI=<pre-authenticated-style URL> (tests/parserver.py) on loopback
+  s3     onnxfn, MODEL_URI=s3://... on SeaweedFS (tests/support/s3server.py) on loopback
+  par    onnxfn, MODEL_URI=<pre-authenticated-style URL> (tests/support/parserver.py) on loopback
   baked  onnxfn, ONNXFN_BAKED_BUNDLE=<the bundle folder> (as baked into the image)
 
 Every cold start is a fresh function process with an empty cache (ONNXFN_CACHE_DIR a new temp
@@ -47,12 +47,12 @@ BENCH = ROOT / "bench"
 CACHE = BENCH / ".cache"
 OUT = CACHE / "coldstart.json"
 PROBE = BENCH / "coldstart_probe.py"
-for extra in (ROOT / "shared", BENCH, ROOT / "tests"):
+for extra in (ROOT / "shared", BENCH, ROOT):
     sys.path.insert(0, str(extra))
 
 import procfs  # bench/procfs.py: this script's folder is on sys.path
 
-from onnxfn.agent import ENTRY, Function  # noqa: E402
+from onnxfn.tools.dev.agent import ENTRY, Function  # noqa: E402
 
 CANDIDATES = ("naive", "s3", "par", "baked")
 GOALS = {"s3": 0.70, "par": 0.50, "baked": 0.35}   # cold start vs the naive handler
@@ -157,8 +157,8 @@ class ColdStart:
     # setup
     def setup(self) -> None:
         from overhead import densenet_bundle, sample_png  # packages bench/.cache/densenet121.onnx once
-        from parserver import ParServer
-        from s3server import S3Server
+        from tests.support.parserver import ParServer
+        from tests.support.s3server import S3Server
         self.bundle = self.args.bundle or densenet_bundle()
         self.png = sample_png()
         t = time.perf_counter()

@@ -59,7 +59,7 @@ def hwm() -> float:
 
 def session_and_runs(out: dict, bundle, threads: int, options=None, path: str | None = None) -> None:
     import onnxruntime as ort
-    from onnxfn import runner
+    from onnxfn.runtime import loader as runner
     artifact = bundle.manifest.portable
     t = time.perf_counter()
     session = ort.InferenceSession(path or str(bundle.path(artifact)),
@@ -86,7 +86,9 @@ def main(argv: list[str]) -> int:
     if mode == "naive_fetch":
         return naive_fetch(out, argv[2])
     t = time.perf_counter()
-    from onnxfn import bundle as bundles, runner, service  # noqa: F401  (what the function holds when load() starts)
+    from onnxfn import service
+    from onnxfn.bundles import bundle as bundles
+    from onnxfn.runtime import loader as runner  # noqa: F401  (what the function holds when load() starts)
     from onnxfn.settings import Settings
     out["pre_import_ms"] = ms(t)
     out["hwm_after_pre_import_mb"] = hwm()
@@ -140,7 +142,7 @@ def main(argv: list[str]) -> int:
         session_and_runs(out, bundle, threads)
         out["load_ms"] = ms(t0)
     elif mode == "costs_s3":
-        from onnxfn import s3
+        from onnxfn.storage import s3
         t = time.perf_counter()
         import boto3  # noqa: F401
         out["import_boto3_ms"] = ms(t)

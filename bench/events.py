@@ -2,9 +2,9 @@
 
     python bench/events.py [--objects 200] [--batch 10] [--dicoms 50] [--threads 1]
 
-A real S3 server (SeaweedFS `weed mini`, tests/s3server.py) on 127.0.0.1 holds small inputs. One
+A real S3 server (SeaweedFS `weed mini`, tests/support/s3server.py) on 127.0.0.1 holds small inputs. One
 function process per model (functions/events.py under the real fdk, driven over its unix socket by
-onnxfn.agent.Function as the Fn agent does: one call at a time, one after another) is warmed by one
+onnxfn.tools.dev.agent.Function as the Fn agent does: one call at a time, one after another) is warmed by one
 untimed event per envelope type (OCI Events, S3 notification), then sent:
 
   digits-cnn    --objects 8x8 PNG digits (models/data/digits-heldout.npz), one object per OCI Events
@@ -50,13 +50,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
-EVENTS = ROOT / "tests" / "events"
+EVENTS = ROOT / "tests" / "data" / "events"
 sys.path.insert(0, str(ROOT / "shared"))
-sys.path.insert(0, str(ROOT / "tests"))  # s3server
-sys.path.insert(0, str(ROOT))            # models.train.phantoms
+sys.path.insert(0, str(ROOT))            # models.train.phantoms, tests.support.s3server
 
-from onnxfn.agent import Function  # noqa: E402
-from s3server import S3Server  # noqa: E402
+from onnxfn.tools.dev.agent import Function  # noqa: E402
+from tests.support.s3server import S3Server  # noqa: E402
 
 GOAL_MS = 15.0
 OCI = json.loads((EVENTS / "oci-createobject.json").read_text())
@@ -238,7 +237,7 @@ def clients_vs_floor(s3: S3Server, bucket: str, key: str, rounds: int = 80) -> d
     connection, no signing work)."""
     import http.client
     from urllib.parse import urlsplit
-    from onnxfn.store import open_store
+    from onnxfn.storage.store import open_store
     client = s3.client()
     os.environ.update(s3.env())  # endpoint and keys, as the function gets them
     stores = {"lean": open_store(f"s3://{bucket}/", s3_client="lean"),

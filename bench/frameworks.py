@@ -75,7 +75,7 @@ elif fw == "paddle":
     variants["paddle.inference"] = infer
 
 import onnxruntime as ort
-from onnxfn.runner import session_options
+from onnxfn.runtime.session import options as session_options
 sess = ort.InferenceSession(f"{M}/{bundle}/model.onnx", sess_options=session_options(threads), providers=["CPUExecutionProvider"])
 name = sess.get_inputs()[0].name
 out = [sess.get_outputs()[0].name] if fw != "sklearn" else ["probabilities"]

@@ -29,9 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
 sys.path.insert(0, str(ROOT / "shared"))
 
-from onnxfn import image as images, preprocess, runner  # noqa: E402
-from onnxfn.agent import ENTRY, Function  # noqa: E402
-from onnxfn.package import Options, build  # noqa: E402
+from onnxfn.codecs import image as images
+from onnxfn.tasks import preprocess
+from onnxfn.runtime import loader as runner  # noqa: E402
+from onnxfn.tools.dev.agent import ENTRY, Function  # noqa: E402
+from onnxfn.tools.package import Options, build  # noqa: E402
 
 
 def densenet_onnx() -> Path:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
-from onnxfn.bench import _accuracy_text, _ms  # noqa: E402
+from onnxfn.tools.bench import _accuracy_text, _ms  # noqa: E402
 
 
 def main() -> int:

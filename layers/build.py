@@ -426,7 +426,7 @@ class S3(BaseHTTPRequestHandler):
 server = ThreadingHTTPServer(("127.0.0.1", 0), S3)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 os.environ.update(AWS_ACCESS_KEY_ID="probe", AWS_SECRET_ACCESS_KEY="probe")
-from onnxfn import store
+from onnxfn.storage import store
 s = store.S3Store("s3://b/p/", "b", "p/", f"http://127.0.0.1:{server.server_port}", "us-phoenix-1")
 stat = s.stat("x")
 data, version = s.read("x", 1024)
@@ -474,7 +474,7 @@ def prove(layer: Path, work: Path) -> dict:
     outside = {m: f for m, f in found["files"].items() if not f.startswith(str(layer))}
     if outside:
         raise LayerError(f"modules imported from outside the layer: {outside}")
-    demo = subprocess.run([str(python), "-m", "onnxfn.cli", "demo"], env=env, cwd=work, capture_output=True,
+    demo = subprocess.run([str(python), "-m", "onnxfn.tools.cli", "demo"], env=env, cwd=work, capture_output=True,
                           text=True, timeout=600)
     if demo.returncode != 0:
         raise LayerError(f"`onnxfn demo` failed on {layer} ({demo.returncode}):\n{demo.stderr[-3000:]}")
@@ -557,7 +557,7 @@ def build_one(arch: str, out: Path, requirements: Path, wanted: dict[str, str], 
               f"trimming ({', '.join(after)}); imports and an S3 round trip OK")
     else:
         print(f"{arch}: trimmed by the rules proven on {platform.machine()}; prove this layer under emulation: "
-              "python tests/emulation.py smoke")
+              "python tests/support/emulation.py smoke")
     return facts
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from models.prove import PROOFS, prove
-from onnxfn.cli import main
+from onnxfn.tools.cli import main
 
 HERE = Path(__file__).resolve().parent
 DIGITS = ",".join(str(d) for d in range(10))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxfn.cli import main
+from onnxfn.tools.cli import main
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"

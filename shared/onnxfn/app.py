@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
-from . import __version__, logs
-from .errors import MethodNotAllowed, NotFound, OnnxfnError, UnsupportedMediaType
-from .settings import Settings
+from onnxfn import __version__, logs
+from onnxfn.errors import MethodNotAllowed, NotFound, OnnxfnError, UnsupportedMediaType
+from onnxfn.settings import Settings
 
 JSON = "application/json"
 
@@ -69,12 +69,12 @@ class App:
                     settings = self._settings_factory()
                     self.logger = logs.setup(settings.log_level)
                     if self._runner is None:
-                        from .runner import Runner  # imports no numpy
+                        from onnxfn.runtime.loader import Runner  # imports no numpy
                         self._runner = Runner(settings)
                     self._runner.start(deadline, inference_waits=inference)
-                    from .runner import IMPORTS
+                    from onnxfn.runtime.session import IMPORTS
                     with IMPORTS:
-                        from .service import Service  # numpy and the core load here, not at import
+                        from onnxfn.service import Service  # numpy and the core load here, not at import
                     self._service = Service(settings, self._runner)
         return self._service
 
@@ -109,7 +109,7 @@ class App:
     # -- routing ------------------------------------------------------------------------
     def _invoke(self, request: Request) -> dict:
         """A direct invocation: an object storage event, OIP tensors, or an image."""
-        from .payload import media_type, sniff
+        from onnxfn.codecs.payload import media_type, sniff
         kind, _ = media_type(request.headers.get("content-type"))
         if kind == JSON or kind.endswith("+json") or sniff(request.body) == "json":
             if _looks_like_event(request.body):
@@ -123,7 +123,7 @@ class App:
 
     def events(self, document, deadline: float | None) -> dict:
         """An object storage event: each object in, a stored result out."""
-        from .processor import Processor
+        from onnxfn.events.processor import Processor
         request_events = Processor(self.service, self.service.settings)
         return request_events.handle(document, deadline)
 
@@ -193,7 +193,7 @@ def _json(body: bytes):
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        from .errors import BadRequest
+        from onnxfn.errors import BadRequest
         raise BadRequest(f"the body is not valid JSON: {e}", code="invalid_json") from None
 
 

@@ -9,7 +9,7 @@ import io
 import re
 import time
 
-from .app import App, Request
+from onnxfn.app import App, Request
 
 _app: App | None = None
 
@@ -56,7 +56,7 @@ def gateway_handler(ctx, data: io.BytesIO = None):
     """API Gateway only: a call that did not come through a gateway is refused."""
     call = request(ctx, data)
     if not call.gateway:
-        from .errors import BadRequest
+        from onnxfn.errors import BadRequest
         return _respond(ctx, call, BadRequest("this function answers API Gateway calls only (Fn-Intent: "
                                               "httprequest); invoke the main entry point instead",
                                               code="gateway_only"))
@@ -73,8 +73,8 @@ def invoke_handler(ctx, data: io.BytesIO = None):
 def events_handler(ctx, data: io.BytesIO = None):
     """Object Storage events only: any other body is refused without touching storage."""
     import json
-    from .errors import BadRequest
-    from .events import is_event
+    from onnxfn.errors import BadRequest
+    from onnxfn.events.envelopes import is_event
     call = request(ctx, data)
     call.gateway, call.kind = False, "event"
     try:

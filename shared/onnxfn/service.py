@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-from . import payload, postprocess, preprocess, tensor
-from .errors import BadRequest, InferenceError, NotFound
-from .runner import Model, Runner
-from .settings import Settings
+from onnxfn.codecs import payload, tensor
+from onnxfn.tasks import postprocess, preprocess
+from onnxfn.errors import BadRequest, InferenceError, NotFound
+from onnxfn.runtime.loader import Runner
+from onnxfn.runtime.model import Model
+from onnxfn.runtime import session as sessions
+from onnxfn.settings import Settings
 
 
 class Timer:
@@ -136,11 +139,7 @@ class Service:
         return {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx",
                 "inputs": [{"name": i.name, "datatype": tensor.datatype(i.dtype), "shape": tensor.shape_of(i.shape)}
                            for i in m.inputs],
-                "outputs": [{"name": o.name, "datatype": tensor.datatype(_ort_dtype(o.type)),
+                "outputs": [{"name": o.name, "datatype": tensor.datatype(sessions.dtype(o.type)),
                              "shape": tensor.shape_of(o.shape)} for o in model.session.get_outputs()],
                 "parameters": {"task": m.task, "sha256": m.portable.sha256}}
 
-
-def _ort_dtype(ort_type: str) -> str:
-    from .runner import ORT_TYPES
-    return ORT_TYPES.get(ort_type, "string")

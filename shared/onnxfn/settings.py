@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
-from .errors import ConfigError
+from onnxfn.errors import ConfigError
 
 #: The demo bundle shipped with the repository: the embedded default model.
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "digits-cnn"

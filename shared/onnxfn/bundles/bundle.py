@@ -1,0 +1,154 @@
+"""A model bundle: `manifest.json` plus artifacts, each pinned by sha256.
+
+Every tool (packaging, serving, benchmarking) reads and writes bundles through here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from onnxfn.bundles import manifest as mf
+from onnxfn.errors import BundleError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: mf.Manifest
+    files: dict[str, Path] | None = None  # artifact path -> verified file, filled on first use by `fetch`
+    manifest_sha256: str | None = None
+    version: str | None = None  # the store's version of manifest.json (ETag), for revalidation
+    fetch: Callable[[mf.Artifact], Path] | None = field(default=None, compare=False)  # verifies (and downloads)
+
+    def path(self, artifact: mf.Artifact) -> Path:
+        """The artifact's verified file (a remote bundle fetches it into the cache now)."""
+        if self.files is not None:
+            if artifact.path not in self.files and self.fetch is not None:
+                self.files[artifact.path] = self.fetch(artifact)
+            return self.files[artifact.path]
+        return self.root / artifact.path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(root: Path) -> tuple[mf.Manifest, str]:
+    """The parsed manifest and the sha256 of its bytes."""
+    path = root / MANIFEST
+    try:
+        raw = path.read_bytes()
+        data = json.loads(raw)
+    except FileNotFoundError:
+        raise BundleError(f"bundle {str(root)!r} has no {MANIFEST}", code="invalid_manifest") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{MANIFEST} in {str(root)!r} is not valid JSON: {e}", code="invalid_manifest") from None
+    return mf.parse(data), hashlib.sha256(raw).hexdigest()
+
+
+def load(root: Path, eager: bool = True) -> Bundle:
+    """Read and validate a bundle. Eager: check every artifact's size and sha256 now; else each artifact
+    is checked the first time `Bundle.path` hands it out (a function checks only the one it serves)."""
+    root = Path(root)
+    manifest, digest = read_manifest(root)
+    if not eager:
+        return Bundle(root, manifest, files={}, manifest_sha256=digest,
+                      fetch=lambda artifact: check_file(root / artifact.path, artifact))
+    bundle = Bundle(root, manifest, manifest_sha256=digest)
+    for artifact in bundle.manifest.artifacts:
+        verify_artifact(bundle, artifact)
+    return bundle
+
+
+def verify_artifact(bundle: Bundle, artifact: mf.Artifact) -> None:
+    check_file(bundle.path(artifact), artifact)
+
+
+def check_file(path: Path, artifact: mf.Artifact) -> Path:
+    """`path`, once its size and sha256 are the manifest's for `artifact`."""
+    if not path.is_file():
+        raise BundleError(f"artifact {artifact.path!r} listed in {MANIFEST} is missing from the bundle",
+                          code="artifact_missing")
+    size = path.stat().st_size
+    if size != artifact.size:
+        raise BundleError(f"artifact {artifact.path!r} is {size} bytes but {MANIFEST} says {artifact.size}: "
+                          "the bundle is damaged or was edited; repackage it", code="checksum_mismatch")
+    actual = sha256_file(path)
+    if actual != artifact.sha256:
+        raise BundleError(f"artifact {artifact.path!r} has sha256 {actual} but {MANIFEST} says {artifact.sha256}: "
+                          "the bundle is damaged or was edited; repackage it", code="checksum_mismatch")
+    return path
+
+
+def write(root: Path, manifest: mf.Manifest, files: dict[str, Path], force: bool = False) -> Bundle:
+    """Write a bundle folder: copy `files` (artifact path -> source) and the manifest, atomically."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()) and not force:
+        raise BundleError(f"{str(root)!r} exists and is not empty: choose another --out or pass --force",
+                          code="bundle_exists")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=root.parent))
+    try:
+        for rel, source in files.items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        text = json.dumps(manifest.to_dict(), indent=2) + "\n"
+        mf.parse(json.loads(text))  # what we write must read back
+        (staging / MANIFEST).write_text(text, encoding="utf-8")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load(root)
+
+
+def artifact_for(path: Path, rel: str, kind: str = "portable") -> mf.Artifact:
+    return mf.Artifact(path=rel, sha256=sha256_file(path), size=path.stat().st_size, kind=kind)
+
+
+def rewrite_manifest(root: Path, manifest: mf.Manifest) -> Bundle:
+    """Replace a bundle's manifest.json atomically (a temporary file renamed over it). The bundle must
+    then load and verify, else the old manifest is put back."""
+    path = Path(root) / MANIFEST
+    old = path.read_bytes()
+    text = json.dumps(manifest.to_dict(), indent=2) + "\n"
+    mf.parse(json.loads(text))  # what we write must read back
+    _replace(path, text.encode("utf-8"))
+    try:
+        return load(Path(root))
+    except BaseException:
+        _replace(path, old)
+        raise
+
+
+def _replace(path: Path, data: bytes) -> None:
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

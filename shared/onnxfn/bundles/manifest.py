@@ -1,0 +1,417 @@
+"""The bundle manifest: what a model takes, what it gives, and how to serve it.
+
+`manifest.json` is parsed into frozen dataclasses and validated once, on load;
+every error names the field at fault (for example `inputs[0].image.mean`).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from onnxfn.errors import BundleError
+
+FORMAT = 1
+TASKS = ("classification", "segmentation", "tensor")
+DTYPES = ("float32", "float64", "float16", "uint8", "uint16", "uint32", "uint64",
+          "int8", "int16", "int32", "int64", "bool", "string")
+LAYOUTS = ("NCHW", "NHWC", "CHW", "HWC", "NHW", "HW", "NF")
+COLORS = ("L", "RGB")
+FITS = ("stretch", "pad", "crop")
+RESAMPLES = ("nearest", "bilinear", "bicubic", "lanczos", "area")
+SCALINGS = ("unit", "raw", "window", "minmax")
+ACTIVATIONS = ("none", "softmax", "sigmoid")
+DECISIONS = ("argmax", "threshold")
+ARTIFACT_KINDS = ("portable", "optimized", "int8")
+ARCHES = ("x86_64", "aarch64")
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx", "asimddp", "i8mm", "bf16", "sve")
+OPT_LEVELS = ("DISABLE", "BASIC", "EXTENDED", "ALL")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+Dim = int | str  # a static size, or the name of a dynamic dimension
+
+
+@dataclass(frozen=True)
+class Window:
+    center: float
+    width: float
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a decoded image becomes this input's tensor."""
+    color: str = "L"
+    size: tuple[int, int] | None = None  # (height, width); None keeps the image's size
+    fit: str = "stretch"
+    resample: str = "bilinear"
+    pad_multiple: int = 1
+    pad_value: float = 0.0
+    scaling: str = "unit"
+    rescale: tuple[float, float] = (1.0, 0.0)  # (slope, intercept) for non-DICOM images
+    window: Window | None = None
+    window_source: str = "manifest"  # or "file": a DICOM file's own VOI window wins
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channel_order: str = "RGB"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "L" else 3
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+    layout: str | None = None
+    image: ImageSpec | None = None
+
+    def axis(self, letter: str) -> int | None:
+        return self.layout.index(letter) if self.layout and letter in self.layout else None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    activation: str = "none"
+    decision: str | None = None
+    threshold: float = 0.5
+    labels: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """What a CPU must have: an architecture and instruction-set features (as /proc/cpuinfo names them)."""
+    arch: str
+    features: tuple[str, ...] = ()
+
+    def satisfied_by(self, arch: str, features: tuple[str, ...] | None) -> bool:
+        return arch == self.arch and set(self.features) <= set(features or ())
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str
+    sha256: str
+    size: int
+    kind: str = "portable"                 # portable, optimized (offline-optimized graph), int8 (QDQ)
+    requires: Requirement | None = None    # None: runs anywhere (the portable artifact)
+    preoptimized: bool = False             # load without re-optimizing (ORT_DISABLE_ALL)
+    verified: bool = True                  # checked against the portable model on a CPU of its class
+    accuracy: dict | None = None           # the packaging gate's figures
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Session settings a benchmark chose for a CPU class (`onnxfn bench --write`)."""
+    requires: Requirement
+    artifact: str | None = None
+    graph_optimization_level: str | None = None
+    intra_op_threads: int | None = None    # None: from the CPU quota
+    allow_spinning: bool = False
+    disable_prepacking: bool = False
+    measured: dict | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    task: str
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+    artifacts: tuple[Artifact, ...]
+    description: str = ""
+    format: int = FORMAT
+    tuning: tuple[Tuning, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def portable(self) -> Artifact:
+        return next(a for a in self.artifacts if a.kind == "portable")
+
+    @property
+    def image_input(self) -> InputSpec | None:
+        return next((i for i in self.inputs if i.image is not None), None)
+
+    @property
+    def primary_output(self) -> OutputSpec:
+        """The output the task's post-processing reads (the first one)."""
+        return self.outputs[0]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        if not data["tuning"]:
+            del data["tuning"]
+        return _strip(data)
+
+
+def _strip(value):
+    """Drop None fields so manifests stay short, and turn tuples into lists."""
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_strip(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- parsing
+
+class _Reader:
+    """Reads one JSON object, naming `where` in every error."""
+
+    def __init__(self, data: Any, where: str):
+        if not isinstance(data, dict):
+            raise BundleError(f"manifest field {where or 'root'} must be an object, got {type(data).__name__}",
+                              code="invalid_manifest")
+        self.data, self.where = data, where
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, message: str) -> BundleError:
+        return BundleError(f"manifest field {self.path(key)} {message}", code="invalid_manifest")
+
+    def get(self, key: str, kind: type | tuple, default: Any = ..., choices: tuple | None = None):
+        if key not in self.data or self.data[key] is None:
+            if default is ...:
+                raise self.fail(key, "is missing")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.fail(key, f"must be {names}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(key, "must be a finite number")
+        if choices is not None and value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+
+    def numbers(self, key: str, default: Any = None, length: int | None = None) -> tuple[float, ...] | None:
+        values = self.get(key, list, default)
+        if values is default:
+            return default
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                 for v in values):
+            raise self.fail(key, "must be a non-empty list of finite numbers")
+        if length is not None and len(values) != length:
+            raise self.fail(key, f"must hold {length} numbers, got {len(values)}")
+        return tuple(float(v) for v in values)
+
+    def items(self, key: str) -> list["_Reader"]:
+        values = self.get(key, list)
+        if not values:
+            raise self.fail(key, "must be a non-empty list")
+        return [_Reader(v, f"{self.path(key)}[{i}]") for i, v in enumerate(values)]
+
+
+def parse(data: Any) -> Manifest:
+    """Validate a manifest's JSON value and build the typed manifest."""
+    r = _Reader(data, "")
+    fmt = r.get("format", int, FORMAT)
+    if fmt != FORMAT:
+        raise r.fail("format", f"is {fmt}, but this onnxfn reads format {FORMAT}: upgrade onnxfn or repackage the bundle")
+    name = r.get("name", str)
+    if not _NAME.fullmatch(name):
+        raise r.fail("name", "must be 1-128 letters, digits, '.', '_' or '-' (it appears in URLs), "
+                             f"starting with a letter or digit; got {name!r}")
+    version = str(r.get("version", (str, int)))
+    task = r.get("task", str, choices=TASKS)
+    inputs = tuple(_input(i) for i in r.items("inputs"))
+    outputs = tuple(_output(o) for o in r.items("outputs"))
+    artifacts = tuple(_artifact(a) for a in r.items("artifacts"))
+    tuning = tuple(_tuning(t) for t in r.items("tuning")) if data.get("tuning") else ()
+    known = {"format", "name", "version", "task", "inputs", "outputs", "artifacts", "description", "tuning"}
+    manifest = Manifest(name=name, version=version, task=task, inputs=inputs, outputs=outputs,
+                        artifacts=artifacts, description=r.get("description", str, ""), tuning=tuning,
+                        extra={k: v for k, v in data.items() if k not in known})
+    _check(manifest, r)
+    return manifest
+
+
+def _input(r: _Reader) -> InputSpec:
+    shape = r.get("shape", list)
+    dims: list[Dim] = []
+    for i, d in enumerate(shape):
+        if isinstance(d, bool) or not (isinstance(d, str) and d or isinstance(d, int) and (d > 0 or d == -1)):
+            raise r.fail(f"shape[{i}]", f"must be a positive size, -1 or a dimension name; got {d!r}")
+        dims.append(f"d{i}" if d == -1 else d)
+    layout = r.get("layout", str, None, choices=LAYOUTS)
+    if layout is not None and len(layout) != len(dims):
+        raise r.fail("layout", f"{layout} has {len(layout)} axes but shape has {len(dims)}")
+    image = _image(_Reader(r.data["image"], r.path("image"))) if r.data.get("image") is not None else None
+    spec = InputSpec(name=r.get("name", str), dtype=r.get("dtype", str, choices=DTYPES),
+                     shape=tuple(dims), layout=layout, image=image)
+    if image is not None:
+        _check_image_input(spec, r)
+    return spec
+
+
+def _image(r: _Reader) -> ImageSpec:
+    size = r.get("size", list, None)
+    if size is not None:
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise r.fail("size", f"must be [height, width] in pixels, got {size!r}")
+        size = (size[0], size[1])
+    window = None
+    if r.data.get("window") is not None:
+        w = _Reader(r.data["window"], r.path("window"))
+        window = Window(center=w.get("center", float), width=w.get("width", float))
+        if window.width <= 0:
+            raise w.fail("width", f"must be positive, got {window.width}")
+    color = r.get("color", str, "L", choices=COLORS)
+    channels = 1 if color == "L" else 3
+    spec = ImageSpec(
+        color=color, size=size,
+        fit=r.get("fit", str, "stretch", choices=FITS),
+        resample=r.get("resample", str, "bilinear", choices=RESAMPLES),
+        pad_multiple=r.get("pad_multiple", int, 1),
+        pad_value=r.get("pad_value", float, 0.0),
+        scaling=r.get("scaling", str, "unit", choices=SCALINGS),
+        rescale=r.numbers("rescale", (1.0, 0.0), length=2),
+        window=window,
+        window_source=r.get("window_source", str, "manifest", choices=("manifest", "file")),
+        mean=r.numbers("mean", None, length=channels),
+        std=r.numbers("std", None, length=channels),
+        channel_order=r.get("channel_order", str, "RGB", choices=("RGB", "BGR")),
+    )
+    if spec.pad_multiple < 1:
+        raise r.fail("pad_multiple", f"must be 1 or more, got {spec.pad_multiple}")
+    if spec.std is not None and any(s == 0 for s in spec.std):
+        raise r.fail("std", "must not contain 0")
+    if spec.scaling == "window" and spec.window is None and spec.window_source == "manifest":
+        raise r.fail("window", "is required when scaling is 'window' (or set window_source to 'file')")
+    if spec.rescale[0] == 0:
+        raise r.fail("rescale", "slope must not be 0")
+    return spec
+
+
+def _check_image_input(spec: InputSpec, r: _Reader) -> None:
+    image = spec.image
+    if spec.layout is None:
+        raise r.fail("layout", f"is required for an image input (one of {', '.join(LAYOUTS)})")
+    if spec.dtype not in ("float32", "float64", "float16", "uint8"):
+        raise r.fail("dtype", f"{spec.dtype} cannot hold a pre-processed image; use float32, float16, float64 or uint8")
+    c_axis = spec.axis("C")
+    if c_axis is not None and isinstance(spec.shape[c_axis], int) and spec.shape[c_axis] != image.channels:
+        raise r.fail("image.color", f"is {image.color} ({image.channels} channel(s)) but the input's channel "
+                                    f"dimension is {spec.shape[c_axis]}")
+    if c_axis is None and spec.layout != "NF" and image.color != "L":
+        raise r.fail("image.color", f"must be L: layout {spec.layout} has no channel axis")
+    h_axis, w_axis = spec.axis("H"), spec.axis("W")
+    if spec.layout == "NF":
+        if image.size is None:
+            raise r.fail("image.size", "is required with layout NF (a flat feature vector)")
+        f = spec.shape[1]
+        expected = image.size[0] * image.size[1] * image.channels
+        if isinstance(f, int) and f != expected:
+            raise r.fail("image.size", f"{image.size[0]}x{image.size[1]}x{image.channels} = {expected} features, "
+                                       f"but the input takes {f}")
+        return
+    static = [spec.shape[a] for a in (h_axis, w_axis)]
+    if image.size is not None:
+        for axis, want, label in zip((h_axis, w_axis), image.size, ("height", "width")):
+            if isinstance(spec.shape[axis], int) and spec.shape[axis] != want:
+                raise r.fail("image.size", f"{label} {want} differs from the input's fixed {label} {spec.shape[axis]}")
+    elif all(isinstance(d, int) for d in static):
+        object.__setattr__(image, "size", (static[0], static[1]))
+    elif any(isinstance(d, int) for d in static):
+        raise r.fail("image.size", "is required when only one of height and width is fixed")
+
+
+def _output(r: _Reader) -> OutputSpec:
+    labels = r.get("labels", list, None)
+    if labels is not None:
+        if not labels or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in labels):
+            raise r.fail("labels", "must be a non-empty list of strings")
+        labels = tuple(str(v) for v in labels)
+        if len(set(labels)) != len(labels):
+            raise r.fail("labels", "must not repeat a label")
+    spec = OutputSpec(name=r.get("name", str),
+                      activation=r.get("activation", str, "none", choices=ACTIVATIONS),
+                      decision=r.get("decision", str, None, choices=DECISIONS),
+                      threshold=r.get("threshold", float, 0.5), labels=labels)
+    if not 0.0 < spec.threshold < 1.0 and spec.activation != "none":
+        raise r.fail("threshold", f"must lie between 0 and 1 after {spec.activation}, got {spec.threshold}")
+    return spec
+
+
+def _artifact(r: _Reader) -> Artifact:
+    path = r.get("path", str)
+    if path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
+        raise r.fail("path", f"must be a relative path inside the bundle, got {path!r}")
+    sha = r.get("sha256", str)
+    if not _SHA256.fullmatch(sha):
+        raise r.fail("sha256", "must be 64 lowercase hexadecimal digits")
+    size = r.get("size", int)
+    if size < 0:
+        raise r.fail("size", f"must be 0 or more, got {size}")
+    kind = r.get("kind", str, "portable", choices=ARTIFACT_KINDS)
+    requires = _requirement(_Reader(r.data["requires"], r.path("requires"))) if r.data.get("requires") else None
+    if kind == "portable" and requires is not None:
+        raise r.fail("requires", "does not apply to the portable artifact, which must run anywhere")
+    if kind != "portable" and requires is None:
+        raise r.fail("requires", f"is required for a {kind} artifact: the CPU class it was made for")
+    if not path.endswith((".onnx", ".ort")):
+        raise r.fail("path", f"must name an .onnx or .ort file, got {path!r}")
+    accuracy = r.get("accuracy", dict, None)
+    return Artifact(path=path, sha256=sha, size=size, kind=kind, requires=requires,
+                    preoptimized=r.get("preoptimized", bool, False), verified=r.get("verified", bool, True),
+                    accuracy=accuracy)
+
+
+def _requirement(r: _Reader) -> Requirement:
+    arch = r.get("arch", str, choices=ARCHES)
+    features = r.get("features", list, [])
+    for i, feature in enumerate(features):
+        if feature not in CPU_FEATURES:
+            raise r.fail(f"features[{i}]", f"is {feature!r}; known features are {', '.join(CPU_FEATURES)}")
+    return Requirement(arch, tuple(sorted(set(features))))
+
+
+def _tuning(r: _Reader) -> Tuning:
+    requires = _requirement(_Reader(r.data.get("requires"), r.path("requires")))
+    threads = r.get("intra_op_threads", int, None)
+    if threads is not None and threads < 1:
+        raise r.fail("intra_op_threads", f"must be 1 or more (or absent: from the CPU quota), got {threads}")
+    return Tuning(requires=requires, artifact=r.get("artifact", str, None),
+                  graph_optimization_level=r.get("graph_optimization_level", str, None, choices=OPT_LEVELS),
+                  intra_op_threads=threads, allow_spinning=r.get("allow_spinning", bool, False),
+                  disable_prepacking=r.get("disable_prepacking", bool, False),
+                  measured=r.get("measured", dict, None))
+
+
+def _check(m: Manifest, r: _Reader) -> None:
+    for key, items in (("inputs", m.inputs), ("outputs", m.outputs), ("artifacts", m.artifacts)):
+        names = [getattr(i, "path" if key == "artifacts" else "name") for i in items]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise r.fail(key, f"repeat {', '.join(sorted(dup))}")
+    if not any(a.kind == "portable" and a.path.endswith(".onnx") for a in m.artifacts):
+        raise r.fail("artifacts", "must include a portable .onnx artifact")
+    if sum(a.kind == "portable" for a in m.artifacts) > 1:
+        raise r.fail("artifacts", "must include exactly one portable artifact")
+    paths = {a.path for a in m.artifacts}
+    for i, t in enumerate(m.tuning):
+        if t.artifact is not None and t.artifact not in paths:
+            raise r.fail(f"tuning[{i}].artifact", f"names {t.artifact!r}, which is not among the artifacts")
+    if m.task == "tensor":
+        return
+    images = [i for i in m.inputs if i.image is not None]
+    if len(m.inputs) != 1 or len(images) != 1:
+        raise r.fail("inputs", f"a {m.task} model takes exactly one input with an `image` section")
+    out = m.primary_output
+    if m.task == "classification" and out.decision is not None:
+        raise r.fail("outputs[0].decision", "applies to segmentation only")
+    if m.task == "segmentation":
+        if out.decision is None:
+            raise r.fail("outputs[0].decision", "is required for segmentation: argmax (one channel per class) "
+                                                "or threshold (one probability channel)")
+        if images[0].layout == "NF":
+            raise r.fail("inputs[0].layout", "NF cannot carry a segmentation image")

@@ -1,0 +1,107 @@
+"""Decoded images, and decoding of PNG, JPEG, TIFF and BMP through Pillow.
+
+An `Image` holds the stored pixel values as the file had them (8- or 16-bit, grey or
+colour) plus what is needed to turn them into physical values; pre-processing reads it.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxfn.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from onnxfn.bundles.manifest import Window
+
+FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
+# What Pillow raises on damaged files (TypeError and struct.error come from broken TIFF tags)
+CORRUPT = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, ZeroDivisionError,
+           struct.error)
+
+
+@dataclass
+class Image:
+    pixels: np.ndarray                 # HxW (grey) or HxWx3 (RGB), alpha already removed
+    bits: int | None                   # stored bits per sample (8, 12, 16); None for float data
+    format: str                        # png, jpeg, tiff, bmp, dicom
+    rescale: tuple[float, float] | None = None  # (slope, intercept) from the file (DICOM)
+    window: Window | None = None       # the file's own VOI window (DICOM)
+    invert: bool = False               # MONOCHROME1: low values are bright
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.pixels.ndim == 2 else self.pixels.shape[2]
+
+
+def check_pixels(width: int, height: int, frames: int, max_pixels: int, what: str) -> None:
+    if width < 1 or height < 1:
+        raise BadRequest(f"{what} declares an empty image ({width}x{height})", code="invalid_image")
+    total = width * height * max(frames, 1)
+    if total > max_pixels:
+        raise PayloadTooLarge(f"{what} declares {width}x{height}" + (f"x{frames} frames" if frames > 1 else "") +
+                              f" = {total:,} pixels, over the limit of {max_pixels:,} (ONNXFN_MAX_PIXELS): "
+                              "downscale the image or raise the limit", code="too_many_pixels")
+
+
+def decode(data: bytes, fmt: str, max_pixels: int) -> Image:
+    """Decode a PNG, JPEG, TIFF or BMP file, refusing oversized images before decoding pixels."""
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    name = fmt.upper()
+    try:
+        im = PILImage.open(io.BytesIO(data), formats=[FORMATS[fmt]])
+    except PILImage.DecompressionBombError as e:  # beyond Pillow's own hard limit: refused at open
+        raise PayloadTooLarge(f"the {name} image declares too many pixels ({e}); the limit is {max_pixels:,} "
+                              "(ONNXFN_MAX_PIXELS): downscale the image", code="too_many_pixels") from None
+    except UnidentifiedImageError:
+        raise BadRequest(f"the body is not a readable {name} image: its header is damaged or it is another format",
+                         code="invalid_image") from None
+    except CORRUPT as e:
+        raise BadRequest(f"the {name} image is corrupt: {e}", code="invalid_image") from None
+    with im:
+        check_pixels(im.width, im.height, 1, max_pixels, f"the {name} image")
+        try:
+            frames = getattr(im, "n_frames", 1)
+        except CORRUPT as e:
+            raise BadRequest(f"the {name} image is corrupt: {e}", code="invalid_image") from None
+        if frames > 1:
+            raise BadRequest(f"the {name} image holds {frames} frames; send one frame at a time",
+                             code="multi_frame")
+        try:
+            im.load()
+        except CORRUPT as e:
+            raise BadRequest(f"the {name} image is truncated or corrupt: {e}", code="invalid_image") from None
+        return _from_pil(im, fmt)
+
+
+def _from_pil(im, fmt: str) -> Image:
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return Image(np.asarray(im).astype(np.uint16, copy=False), 16, fmt)
+    if mode == "I":
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise UnsupportedMediaType(f"32-bit integer {fmt.upper()} images are not supported; "
+                                       "send 8- or 16-bit pixels", code="unsupported_pixels")
+        return Image(arr.astype(np.uint16), 16, fmt)
+    if mode == "F":
+        return Image(np.asarray(im, dtype=np.float32), None, fmt)
+    if mode == "1":
+        im = im.convert("L")
+    elif mode in ("LA", "La"):
+        im = im.getchannel(0)
+    elif mode not in ("L", "RGB"):
+        # palette, RGBA, CMYK, YCbCr, LAB, HSV: Pillow's own conversions; alpha is dropped
+        im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
+        if im.mode == "RGBA":
+            im = im.convert("RGB")
+    return Image(np.asarray(im), 8, fmt)

@@ -1,0 +1,1 @@
+"""Object Storage events: typed envelopes in, stored results out."""

@@ -1,0 +1,157 @@
+"""Object Storage events, typed: OCI Events envelopes (CloudEvents 0.1) and S3 event
+notifications. Properties over the raw payload; decoding (URL-unquoting S3 keys) happens
+once, here. `parse` turns any supported envelope into `ObjectRef`s, one per object."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from onnxfn.errors import BadRequest
+
+OCI_PREFIX = "com.oraclecloud.objectstorage."
+OCI_TYPES = {OCI_PREFIX + "createobject": "created", OCI_PREFIX + "updateobject": "updated",
+             OCI_PREFIX + "deleteobject": "deleted"}
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One object an event speaks of."""
+    action: str              # created, updated, deleted
+    bucket: str
+    key: str
+    etag: str | None = None
+    size: int | None = None
+    namespace: str | None = None
+    event_id: str | None = None
+    source: str = "oci"      # oci or s3
+
+
+def _field(data: Any, path: str, kind: type = str):
+    """data["a"]["b"], with an error naming the path when it is missing or of the wrong type."""
+    value = data
+    walked = []
+    for part in path.split("."):
+        walked.append(part)
+        if not isinstance(value, dict) or part not in value or value[part] is None:
+            raise BadRequest(f"the event has no field {'.'.join(walked)}", code="invalid_event")
+        value = value[part]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadRequest(f"event field {path} must be {kind.__name__}, got {type(value).__name__}",
+                         code="invalid_event")
+    return value
+
+
+class OciEvent:
+    """An OCI Events envelope (CloudEvents 0.1) for an Object Storage object."""
+
+    def __init__(self, raw: dict):
+        self.raw = raw
+
+    @property
+    def event_type(self) -> str:
+        return _field(self.raw, "eventType")
+
+    @property
+    def event_id(self) -> str | None:
+        value = self.raw.get("eventID")
+        return value if isinstance(value, str) else None
+
+    @property
+    def object_name(self) -> str:
+        return _field(self.raw, "data.resourceName")
+
+    @property
+    def bucket(self) -> str:
+        return _field(self.raw, "data.additionalDetails.bucketName")
+
+    @property
+    def namespace(self) -> str | None:
+        value = (self.raw.get("data") or {}).get("additionalDetails", {}).get("namespace")
+        return value if isinstance(value, str) else None
+
+    @property
+    def etag(self) -> str | None:
+        value = (self.raw.get("data") or {}).get("additionalDetails", {}).get("eTag")
+        return value if isinstance(value, str) else None
+
+    def objects(self) -> list[ObjectRef]:
+        kind = self.event_type
+        if kind not in OCI_TYPES:
+            raise BadRequest(f"event type {kind!r} is not an Object Storage object event; expected one of "
+                             f"{', '.join(OCI_TYPES)}", code="unknown_event")
+        key = self.object_name
+        return [ObjectRef(OCI_TYPES[kind], self.bucket, key, self.etag, None, self.namespace, self.event_id, "oci")]
+
+
+class S3Record:
+    """One record of an S3 event notification."""
+
+    def __init__(self, raw: dict, index: int):
+        self.raw, self.index = raw, index
+
+    def _get(self, path: str, kind: type = str):
+        try:
+            return _field(self.raw, path, kind)
+        except BadRequest as e:
+            raise BadRequest(e.message.replace("field ", f"field Records[{self.index}].", 1),
+                             code=e.code) from None
+
+    @property
+    def event_name(self) -> str:
+        return self._get("eventName")
+
+    @property
+    def bucket(self) -> str:
+        return self._get("s3.bucket.name")
+
+    @property
+    def key(self) -> str:
+        """The object key, decoded: S3 URL-encodes keys in notifications, with + for spaces."""
+        return unquote_plus(self._get("s3.object.key"))
+
+    @property
+    def etag(self) -> str | None:
+        value = (self.raw.get("s3") or {}).get("object", {}).get("eTag")
+        return value if isinstance(value, str) else None
+
+    @property
+    def size(self) -> int | None:
+        value = (self.raw.get("s3") or {}).get("object", {}).get("size")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def object(self) -> ObjectRef:
+        name = self.event_name
+        if name.startswith("ObjectCreated:"):
+            action = "created"
+        elif name.startswith("ObjectRemoved:"):
+            action = "deleted"
+        else:
+            raise BadRequest(f"Records[{self.index}].eventName {name!r} is not an object event; expected "
+                             "ObjectCreated:* or ObjectRemoved:*", code="unknown_event")
+        return ObjectRef(action, self.bucket, self.key, self.etag, self.size, None,
+                         (self.raw.get("responseElements") or {}).get("x-amz-request-id"), "s3")
+
+
+def is_event(document: Any) -> bool:
+    """Does this JSON document look like an object storage event envelope?"""
+    return isinstance(document, dict) and ("cloudEventsVersion" in document or "eventType" in document
+                                           or "Records" in document)
+
+
+def parse(document: Any) -> list[ObjectRef]:
+    """Every object an envelope names; errors name the missing field."""
+    if not isinstance(document, dict):
+        raise BadRequest("an event must be a JSON object", code="invalid_event")
+    if "Records" in document:
+        records = document["Records"]
+        if not isinstance(records, list) or not records:
+            raise BadRequest("event field Records must be a non-empty list", code="invalid_event")
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise BadRequest(f"event field Records[{i}] must be an object", code="invalid_event")
+        return [S3Record(record, i).object() for i, record in enumerate(records)]
+    if "eventType" in document or "cloudEventsVersion" in document:
+        return OciEvent(document).objects()
+    raise BadRequest("unknown event envelope: expected an OCI Events envelope (eventType, data.resourceName) or an "
+                     "S3 notification (Records)", code="unknown_event")

@@ -1,0 +1,248 @@
+"""Loading the container's one model: `load` builds it (the artifact this CPU runs best, verified,
+sized to the CPU quota, warmed up); `Runner` holds it for the container's life.
+
+Loading runs once (single flight) in a background thread: a call waits for it until just
+before its Fn-Deadline, then answers 503 `model_loading` while the load goes on for the next
+call. A failed load caches nothing: the next call starts again. An unpinned bundle is
+revalidated in the background every ONNXFN_REVALIDATE_SECONDS and swapped atomically."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from pathlib import Path
+
+from onnxfn import logs
+from onnxfn.bundles import bundle as bundles
+from onnxfn.bundles.manifest import Artifact, Tuning
+from onnxfn.bundles.source import resolve, store_for
+from onnxfn.errors import BundleError, ConfigError, LoadTimeout, OnnxfnError
+from onnxfn.runtime import cpu, session as sessions
+from onnxfn.runtime.model import Model
+from onnxfn.runtime.selection import applies, choose, tuning_for
+from onnxfn.settings import Settings
+
+log = logging.getLogger("onnxfn")
+
+
+def load(settings: Settings, deadline: float | None = None, warmup: bool = True,
+         skip: frozenset[str] = frozenset(), resolved: tuple[bundles.Bundle, str] | None = None) -> Model:
+    """Load, verify and warm up the bundle the settings name; storage retries stop at `deadline`
+    (time.monotonic()). The artifact to serve is fetched and verified before onnxruntime is imported.
+    With warmup false (a call waits to run the first inference itself) no run on zeros is made: that
+    call's inference checks the artifact (`Runner.recheck`). Artifacts in `skip` failed to run; `resolved`
+    is a bundle already in hand (and where it came from)."""
+    started = time.perf_counter()
+    bundle, source = resolved or resolve(settings, deadline if deadline is not None else time.monotonic() + 300)
+    manifest = bundle.manifest
+    arch, features = cpu.arch(), cpu.features()
+    tuning = tuning_for(manifest, arch, features) if settings.artifact != "portable" else None
+    threads = settings.threads or cpu.threads()
+    if tuning is not None and tuning.intra_op_threads and not settings.threads:
+        threads = min(tuning.intra_op_threads, threads)  # never more than this container's quota
+    order = [a for a in choose(manifest, arch, features, tuning, settings.artifact) if a.path not in skip]
+    if skip and not order:
+        raise BundleError(f"no artifact of the bundle runs on this CPU: {', '.join(sorted(skip))} failed",
+                          code="artifacts_failed")
+    if not order or (settings.artifact not in ("auto", "portable", "") and order[0].path != settings.artifact):
+        raise ConfigError(f"ONNXFN_ARTIFACT names {settings.artifact!r}, which the bundle does not have; its "
+                          f"artifacts are {', '.join(a.path for a in manifest.artifacts)}")
+    fetched = engine_ready = 0.0
+    failures: list[tuple[Artifact, BundleError]] = []
+    for artifact in order:
+        try:
+            path = bundle.path(artifact)  # fetched (remote) and verified, before onnxruntime is imported
+            if not engine_ready:
+                fetched = time.perf_counter()
+                sessions.engine()
+                engine_ready = time.perf_counter()
+            model = _session(bundle, artifact, path, threads, tuning if applies(tuning, artifact) else None,
+                             source, settings.warmup and warmup)
+        except BundleError as e:
+            failures.append((artifact, e))
+            if artifact is not manifest.portable:
+                logs.event(log, "artifact_failed", logging.WARNING, artifact=artifact.path, error=e.message)
+            continue
+        model.fallbacks = tuple(sorted(skip)) + tuple(a.path for a, _ in failures)
+        model.load_ms = (time.perf_counter() - started) * 1000
+        model.phases = {"load_fetch": _ms(fetched - started), "load_engine_import": _ms(engine_ready - fetched),
+                        **model.phases}
+        return model
+    if len(failures) == 1:
+        raise failures[0][1]
+    raise BundleError("no artifact of the bundle could be loaded: " +
+                      "; ".join(f"{a.path!r}: {e.message}" for a, e in failures), code="artifacts_failed")
+
+
+def _session(bundle: bundles.Bundle, artifact: Artifact, path: Path, threads: int, tuning: Tuning | None,
+             source: str, warmup: bool) -> Model:
+    started = time.perf_counter()
+    session = sessions.create(path, threads, artifact, tuning)
+    sessions.check(bundle.manifest, session)
+    model = Model(bundle, session, artifact.path, threads, 0.0,
+                  {o.name: list(o.shape) for o in session.get_outputs()}, source)
+    model.kind, model.tuning = artifact.kind, tuning
+    created = time.perf_counter()
+    if warmup:
+        try:
+            model.warm_up()
+            model.warmed = True
+        except OnnxfnError as e:
+            raise BundleError(f"warm-up inference failed for artifact {artifact.path!r}: {e.message}",
+                              code="warmup_failed") from None
+    model.phases = {"load_session": _ms(created - started), "load_warmup": _ms(time.perf_counter() - created)}
+    return model
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class Runner:
+    """Holds the container's one model: loads it once (single flight), waits for it within a
+    call's deadline, and revalidates an unpinned bundle in the background."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._model: Model | None = None
+        self._lock = threading.Lock()
+        self._loading: Future | None = None
+        self._unclaimed = False  # a load start() began that no get() has asked for yet
+        self._rechecking = threading.Lock()
+        self._checking = False
+        self.loads = 0
+        self.swaps = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def start(self, deadline: float | None = None, inference_waits: bool = False) -> None:
+        """Begin loading in the background, if nothing is loaded or loading: the first call starts it
+        before the core's heavy imports and its own decoding, which then overlap the fetch. When that
+        call will run an inference (`inference_waits`), its inference is the warm-up: a run on zeros
+        first would only add its time to the cold call."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None and (self._loading is None or self._loading.done()):
+                    self._begin(deadline, warmup=not inference_waits)
+                    self._unclaimed = True
+
+    def get(self, deadline: float | None = None, inference: bool = False) -> tuple[Model, bool]:
+        """The model, and whether this call found it unloaded (a cold call). `deadline` is the call's
+        Fn-Deadline as time.monotonic(); without one the call waits for the load. `inference`: this
+        call runs the model next (a load it starts makes no run on zeros)."""
+        model = self._model
+        if model is not None and not self._unclaimed:
+            self._revalidate_if_due(model)
+            return model, False
+        budget = self._budget(deadline)
+        with self._lock:
+            # the first call to ask for a load start() began is the cold one, even when the load finished
+            # while it decoded; if that load failed, this call gets its error, unless the load merely ran
+            # out of the time an earlier call had (then, and for every later call, it is tried again)
+            claimed, self._unclaimed = self._unclaimed, False
+            if self._model is not None:
+                return self._model, claimed
+            loading = self._loading
+            stale = (loading is not None and loading.done() and
+                     (not claimed or (loading.budget is not None and loading.budget <= time.monotonic())))
+            if loading is None or stale:
+                self._begin(deadline, warmup=not inference)
+            loading = self._loading
+        try:
+            return loading.result(timeout=None if budget is None else max(0.0, budget - time.monotonic())), True
+        except FutureTimeout:
+            raise LoadTimeout("the model is still loading (cold start) and could not be ready before this call's "
+                              "deadline; loading goes on: retry in a few seconds") from None
+
+    def recheck(self, model: Model, deadline: float | None = None) -> Model | None:
+        """`model` failed its first inference, which was to be its warm-up. A run on zeros tells the input's
+        fault (the artifact works: None) from the artifact's (it cannot run on this CPU: the next artifact
+        is loaded from the same bundle, swapped in and returned; the portable one failing is an error). One
+        call at a time: a second one finds the replacement made."""
+        with self._rechecking:
+            if self._model is not model and self._model is not None:
+                return self._model
+            try:
+                model.warm_up()
+                return None
+            except OnnxfnError as e:
+                if model.artifact == model.manifest.portable.path:
+                    raise BundleError(f"the portable artifact {model.artifact!r} cannot run: {e.message}",
+                                      code="warmup_failed") from None
+                logs.event(log, "artifact_failed", logging.WARNING, artifact=model.artifact, error=e.message)
+            fresh = load(self.settings, self._budget(deadline), warmup=True,
+                         skip=frozenset(model.fallbacks) | {model.artifact}, resolved=(model.bundle, model.source))
+            self._swap(model, fresh)
+            return fresh
+
+    def _budget(self, deadline: float | None) -> float | None:
+        """Until when storage may be retried for a call with this deadline: just before it."""
+        return None if deadline is None else deadline - self.settings.deadline_margin_ms / 1000
+
+    def _swap(self, old: Model, fresh: Model) -> bool:
+        """Serve `fresh` instead of `old`, unless another swap came first."""
+        with self._lock:
+            if self._model is not old:
+                return False
+            self._model = fresh
+            return True
+
+    def _begin(self, deadline: float | None, warmup: bool = True) -> None:
+        """Start a load (the lock is held); storage retries stop just before `deadline`."""
+        budget = self._budget(deadline)
+        self._loading = Future()
+        self._loading.budget = budget
+        self.loads += 1
+        threading.Thread(target=self._load, args=(self._loading, budget, warmup), daemon=True,
+                         name="onnxfn-load").start()
+
+    def _load(self, future: Future, budget: float | None, warmup: bool = True) -> None:
+        try:
+            model = load(self.settings, budget, warmup)
+        except BaseException as e:  # handed to every waiting call; nothing is kept
+            future.set_exception(e)
+            return
+        with self._lock:
+            self._model = model
+        future.set_result(model)
+
+    # -- revalidation ------------------------------------------------------------------------------
+    def _revalidate_if_due(self, model: Model) -> None:
+        ttl = self.settings.revalidate_seconds
+        if ttl <= 0 or self.settings.model_sha256 or model.source == "baked":
+            return
+        if time.monotonic() - model.checked_at < ttl:
+            return
+        with self._lock:
+            if self._checking:
+                return
+            self._checking = True
+            model.checked_at = time.monotonic()
+        threading.Thread(target=self._revalidate, args=(model,), daemon=True, name="onnxfn-revalidate").start()
+
+    def _revalidate(self, model: Model) -> None:
+        try:
+            store = store_for(self.settings)
+            version = store.stat(bundles.MANIFEST).version
+            if version is not None and version == model.bundle.version:
+                return
+            raw, version = store.read(bundles.MANIFEST, 1 << 20)
+            if hashlib.sha256(raw).hexdigest() == model.bundle.manifest_sha256:
+                model.bundle = dataclasses.replace(model.bundle, version=version)
+                return
+            fresh = load(self.settings, time.monotonic() + 300)
+            if self._swap(model, fresh):
+                self.swaps += 1
+            logs.event(log, "model_swapped", old=model.bundle.manifest_sha256, new=fresh.bundle.manifest_sha256,
+                       version=fresh.manifest.version)
+        except OnnxfnError as e:
+            logs.event(log, "revalidation_failed", logging.WARNING, error=e.message, code=e.code)
+        except Exception as e:  # never let a background check take the process down
+            logs.event(log, "revalidation_failed", logging.WARNING, error=f"{type(e).__name__}: {e}")
+        finally:
+            self._checking = False

@@ -1,0 +1,83 @@
+"""The loaded model: one ONNX Runtime session, the bundle it came from, and what answers report of it."""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from onnxfn.bundles.bundle import Bundle
+from onnxfn.bundles.manifest import InputSpec, Manifest, Tuning
+from onnxfn.errors import InferenceError
+from onnxfn.runtime import cpu
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass
+class Model:
+    """A session ready to run, with where it came from and how it was built."""
+    bundle: Bundle
+    session: object  # onnxruntime.InferenceSession
+    artifact: str
+    threads: int
+    load_ms: float
+    output_shapes: dict[str, list] = field(default_factory=dict)
+    source: str = ""                  # where the bundle came from: "baked", "local" or "remote"
+    checked_at: float = field(default_factory=time.monotonic)
+    kind: str = "portable"            # the artifact's kind
+    tuning: Tuning | None = None      # the benchmark's settings applied, if any
+    fallbacks: tuple[str, ...] = ()   # artifacts that failed to load before this one
+    phases: dict = field(default_factory=dict)  # ms spent fetching, waiting for the engine, creating, warming
+    warmed: bool = False              # a run on zeros was made when the session was built
+    checked: bool = False             # the artifact has run once (warm-up or a call): it works on this CPU
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    @functools.cached_property
+    def runtime(self) -> dict:
+        """Where and how this model runs, as answers report it (fixed for the model's life)."""
+        return {"arch": cpu.arch(), "cpu_features": cpu.describe()["features"], "provider": self.provider,
+                "artifact": self.artifact, "artifact_kind": self.kind, "threads": self.threads,
+                "tuned": self.tuning is not None, "source": self.source}
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the session; onnxruntime's failure becomes an `InferenceError` (500)."""
+        names = outputs or list(self.output_shapes)
+        try:
+            values = self.session.run(names, feeds)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise InferenceError(f"onnxruntime failed to run the model: {e}") from None
+        return dict(zip(names, values))
+
+    def warm_up(self) -> None:
+        """One run on zeros: the first run's costs are paid, and the artifact is known to run here."""
+        self.run({spec.name: example(spec) for spec in self.manifest.inputs})
+        self.checked = True
+
+
+def example(spec: InputSpec) -> np.ndarray:
+    """A zero tensor the input accepts (dynamic sizes from the image spec, else small)."""
+    import numpy as np  # not at import: the load starts before numpy is imported
+    shape = []
+    for axis, dim in enumerate(spec.shape):
+        if isinstance(dim, int):
+            shape.append(dim)
+            continue
+        letter = spec.layout[axis] if spec.layout else "N"
+        size = spec.image.size if spec.image else None
+        if letter in "HW":
+            m = spec.image.pad_multiple if spec.image else 1
+            shape.append(size["HW".index(letter)] if size else max(32, 2 * m) // m * m)
+        else:
+            shape.append(1)
+    if spec.dtype == "string":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=spec.dtype)

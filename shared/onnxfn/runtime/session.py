@@ -1,0 +1,117 @@
+"""The one session factory: every ONNX Runtime session onnxfn builds (the function, packaging,
+proofs, benchmarks) is made here, with the options the function would use."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onnxfn.errors import BundleError
+
+if TYPE_CHECKING:
+    from onnxfn.bundles.manifest import Artifact, Manifest, Tuning
+
+#: numpy and onnxruntime are imported by one thread at a time: numpy's C extension fails when two
+#: threads import it at once (the load thread imports onnxruntime while the first call imports the core)
+IMPORTS = threading.Lock()
+
+ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+             "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32",
+             "tensor(uint64)": "uint64", "tensor(int8)": "int8", "tensor(int16)": "int16",
+             "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool",
+             "tensor(string)": "string"}
+OPT_LEVELS = {"DISABLE": "ORT_DISABLE_ALL", "BASIC": "ORT_ENABLE_BASIC", "EXTENDED": "ORT_ENABLE_EXTENDED",
+              "ALL": "ORT_ENABLE_ALL"}
+CPU = "CPUExecutionProvider"
+
+
+def engine():
+    """The onnxruntime module, imported under the `IMPORTS` lock."""
+    with IMPORTS:
+        import onnxruntime
+    return onnxruntime
+
+
+def dtype(ort_type: str) -> str:
+    """The numpy dtype name of an ONNX Runtime type string such as ``tensor(float)`` ("string" if unknown)."""
+    return ORT_TYPES.get(ort_type, "string")
+
+
+def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | None = None):
+    """Options for one session: explicit threads, no spinning, sequential; a pre-optimized artifact
+    is loaded without re-optimizing; a benchmark's tuning for this CPU class applies on top."""
+    ort = engine()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    level = tuning.graph_optimization_level if tuning and tuning.graph_optimization_level else "ALL"
+    if artifact is not None and artifact.preoptimized:
+        level = "DISABLE"
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[level])
+    spinning = "1" if tuning and tuning.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    fp32_ort = artifact is not None and artifact.kind == "optimized" and artifact.path.endswith(".ort")
+    if (tuning and tuning.disable_prepacking) or fp32_ort:
+        # a memory-mapped fp32 ORT artifact: prepacking off made DenseNet-121's session 0.18x the portable
+        # one's to create at the same latency (bench/artifacts.py); int8 kernels need their packed weights
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    if artifact is not None and artifact.path.endswith(".ort"):  # memory-mapped, weights used in place
+        opts.add_session_config_entry("session.load_model_format", "ORT")
+        opts.add_session_config_entry("session.use_memory_mapped_ort_model", "1")
+        opts.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "1")
+    opts.log_severity_level = 3
+    return opts
+
+
+def create(path: Path | str, threads: int = 1, artifact: Artifact | None = None, tuning: Tuning | None = None, *,
+           session_options=None, providers: list | None = None, what: str | None = None):
+    """An `InferenceSession` for the model at `path`, built with `options(threads, artifact, tuning)` unless
+    `session_options` are given, on the CPU provider unless `providers` are. A model onnxruntime cannot load
+    is a `BundleError` naming `what` (default: the artifact's path, else the file)."""
+    ort = engine()
+    try:
+        return ort.InferenceSession(str(path),
+                                    sess_options=session_options or options(threads, artifact, tuning),
+                                    providers=providers or [CPU])
+    except Exception as e:  # onnxruntime raises its own exception types
+        name = what or (artifact.path if artifact is not None else str(path))
+        raise BundleError(f"onnxruntime cannot load artifact {name!r}: {e}", code="artifact_invalid") from None
+
+
+def check(manifest: Manifest, session) -> None:
+    """The manifest must describe the model it ships with: every input and output it names, their
+    dtypes, ranks and fixed sizes, and a classifier's label count."""
+    model_inputs = {i.name: i for i in session.get_inputs()}
+    for i, spec in enumerate(manifest.inputs):
+        node = model_inputs.get(spec.name)
+        where = f"manifest field inputs[{i}]"
+        if node is None:
+            raise BundleError(f"{where} names input {spec.name!r}, but the model's inputs are "
+                              f"{', '.join(map(repr, model_inputs))}", code="manifest_mismatch")
+        kind = ORT_TYPES.get(node.type, node.type)
+        if kind != spec.dtype:
+            raise BundleError(f"{where}.dtype is {spec.dtype} but the model's input {spec.name!r} is {kind}",
+                              code="manifest_mismatch")
+        if len(node.shape) != len(spec.shape):
+            raise BundleError(f"{where}.shape has {len(spec.shape)} dimensions but the model's input has "
+                              f"{len(node.shape)}", code="manifest_mismatch")
+        for axis, (want, have) in enumerate(zip(spec.shape, node.shape)):
+            if isinstance(want, int) and isinstance(have, int) and want != have:
+                raise BundleError(f"{where}.shape[{axis}] is {want} but the model fixes it at {have}",
+                                  code="manifest_mismatch")
+    undeclared = set(model_inputs) - {s.name for s in manifest.inputs}
+    if undeclared:
+        raise BundleError(f"the model needs input(s) {', '.join(sorted(undeclared))} that manifest field inputs "
+                          "does not declare", code="manifest_mismatch")
+    model_outputs = {o.name: o for o in session.get_outputs()}
+    for i, spec in enumerate(manifest.outputs):
+        if spec.name not in model_outputs:
+            raise BundleError(f"manifest field outputs[{i}] names output {spec.name!r}, but the model's outputs "
+                              f"are {', '.join(sorted(model_outputs))}", code="manifest_mismatch")
+        classes = model_outputs[spec.name].shape[-1] if model_outputs[spec.name].shape else None
+        if manifest.task == "classification" and i == 0 and spec.labels and isinstance(classes, int) \
+                and classes != len(spec.labels):
+            raise BundleError(f"manifest field outputs[0].labels lists {len(spec.labels)} labels but output "
+                              f"{spec.name!r} gives {classes} classes", code="manifest_mismatch")

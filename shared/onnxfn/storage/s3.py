@@ -1,0 +1,242 @@
+"""The S3 API, spoken two ways behind one small interface (head, get, put, copy):
+
+- `Lean`: SigV4 over the standard library's http.client, one kept-alive connection per thread.
+  Used for Oracle Object Storage (oci://) and S3-compatible endpoints (AWS_ENDPOINT_URL_S3 or
+  AWS_ENDPOINT_URL) when the keys are in the environment, which is how a function gets them.
+  It does what Oracle requires: path-style URLs, SigV4 with the region in the scope, no
+  checksum headers. It costs no import and no client creation (boto3's cost ~400 ms of a
+  cold start here) and ~2-3 ms less per call than boto3's request pipeline
+  (bench/coldstart.py, bench/events.py).
+- `Boto3`: boto3's client, for everything else: AWS S3 itself (virtual hosts, region
+  redirects), and credentials from profiles, SSO, or instance and container roles.
+
+ONNXFN_S3_CLIENT=boto3 forces boto3 everywhere. Both raise `S3Error` (an HTTP answer) or
+`Unreachable` (no answer); the store turns them into onnxfn errors.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from onnxfn.errors import ConfigError, ObjectMissing, PreconditionFailed, StorageUnavailable
+from onnxfn.storage.store import CHUNK, Download, Stat, Store
+
+
+class S3Error(Exception):
+    """The server answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str = ""):
+        super().__init__(f"{status} {code} {message}".strip())
+        self.status, self.code, self.message = status, code, message
+
+
+class Unreachable(Exception):
+    """No answer: connection refused or reset, timeout, body cut short."""
+
+
+def endpoint_from_env() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+
+
+def region_from_env() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def client(endpoint: str | None, region: str | None, timeout: float, kind: str = "auto"):
+    """The client for an endpoint (None: AWS, or AWS_ENDPOINT_URL_S3): lean where it can be, else boto3."""
+    kind = (kind or "auto").lower()
+    if kind not in ("auto", "lean", "boto3"):
+        raise ConfigError(f"ONNXFN_S3_CLIENT must be auto, lean or boto3, got {kind!r}")
+    url = endpoint or endpoint_from_env()
+    access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    token = os.environ.get("AWS_SESSION_TOKEN") or None
+    if kind == "lean" and not (url and access and secret):
+        raise ConfigError("ONNXFN_S3_CLIENT=lean needs an endpoint (oci://, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL) "
+                          "and AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (on OCI: a customer "
+                          "secret key)", code="storage_auth_failed")
+    if kind != "boto3" and url and access and secret:
+        # the keys are part of the key: rotated credentials get a new client
+        from onnxfn.storage.sigv4 import Lean  # http.client and ssl, imported only when used
+        return _cached(("lean", url, region, timeout, access, secret, token),
+                       lambda: Lean(url, region or region_from_env(), access, secret, token, timeout))
+    return _cached(("boto3", endpoint, region, timeout), lambda: Boto3(endpoint, region, timeout))
+
+
+_clients: dict = {}
+_clients_lock = threading.Lock()
+
+
+def _cached(key, make):
+    """One client per kind, endpoint, region and keys, shared by every store and thread (built outside
+    the lock: a boto3 client takes a few hundred ms)."""
+    with _clients_lock:
+        if key in _clients:
+            return _clients[key]
+    made = make()
+    with _clients_lock:
+        return _clients.setdefault(key, made)
+
+
+def metadata(headers: dict[str, str]) -> dict[str, str]:
+    return {k[len("x-amz-meta-"):]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
+
+
+
+# -- the store (the lean SigV4 client, or boto3) ----------------------------------------------
+
+class S3Store(Store):
+    def __init__(self, uri: str, bucket: str, prefix: str, endpoint: str | None, region: str | None = None,
+                 timeout: float = 20.0, client: str = "auto"):
+        self.uri, self.bucket, self.prefix = uri, bucket, prefix
+        self.endpoint, self.region, self.timeout, self.kind = endpoint, region, timeout, client
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = client(self.endpoint, self.region, self.timeout, self.kind)
+        return self._client
+
+    def stat(self, name: str) -> Stat:
+        with self._errors(name):
+            headers = self.client.head(self.bucket, self.prefix + name)
+        length = headers.get("content-length")
+        return Stat(int(length) if length else None, headers.get("etag"), metadata(headers))
+
+    def put(self, name: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None, *,
+            if_none_match: bool = False, if_match: str | None = None) -> str | None:
+        """Write an object; with if_none_match it must not exist yet, with if_match it must still have that ETag."""
+        headers = {"content-type": content_type, **{f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}}
+        if if_none_match:
+            headers["if-none-match"] = "*"
+        if if_match:
+            headers["if-match"] = if_match
+        with self._errors(name):
+            return self.client.put(self.bucket, self.prefix + name, data, headers).get("etag")
+
+    def copy(self, source: str, target: str) -> None:
+        with self._errors(source):
+            self.client.copy(self.bucket, self.prefix + source, self.prefix + target)
+
+    @contextmanager
+    def open(self, name: str):
+        with self._errors(name):
+            with self.client.get(self.bucket, self.prefix + name) as (headers, chunks):
+                yield Download(chunks, headers.get("etag"))
+
+    @contextmanager
+    def _errors(self, name: str):
+        where = self.describe(name)
+        try:
+            yield
+        except S3Error as e:
+            code, status = e.code, e.status
+            if 300 <= status < 400 or code in ("PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed"):
+                raise ConfigError(f"object storage redirected the request for {where} ({status} {code}): the bucket "
+                                  "is in another region or the endpoint is wrong; set ONNXFN_OCI_REGION, AWS_REGION "
+                                  "or the endpoint (ONNXFN_OCI_ENDPOINT, AWS_ENDPOINT_URL_S3)") from None
+            if code == "RequestTimeTooSkewed":
+                raise ConfigError(f"object storage refused {where}: this machine's clock is too far from the "
+                                  "server's (RequestTimeTooSkewed)") from None
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                        "ExpiredToken", "NoCredentials") or status in (401, 403):
+                raise ConfigError(f"object storage refused authentication for {where} ({code or status}): check "
+                                  "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (on OCI: a customer secret key) "
+                                  "and the policy on the bucket", code="storage_auth_failed") from None
+            if code in ("NoSuchBucket", "BucketNotFound"):
+                raise ObjectMissing(f"bucket {self.bucket!r} does not exist for {where} (on OCI a missing bucket can "
+                                    "also mean the credentials may not see it)") from None
+            if code in ("NoSuchKey", "NotFound", "404") or status == 404:
+                raise ObjectMissing(f"{where} does not exist") from None
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status in (409, 412):
+                raise PreconditionFailed(f"{where} changed or already exists ({code or status})") from None
+            if status >= 500 or status == 429 or code in ("SlowDown", "ServiceUnavailable", "InternalError",
+                                                           "RequestTimeout"):
+                raise StorageUnavailable(f"object storage failed on {where}: {status} {code}; retry later") from None
+            raise StorageUnavailable(f"object storage refused {where}: {status} {code} {e.message}",
+                                     status=502, code="storage_error") from None
+        except Unreachable as e:
+            raise StorageUnavailable(f"object storage is unreachable for {where}: {e}; retry later") from None
+
+
+
+# -- boto3 ---------------------------------------------------------------------------------------------
+
+class Boto3:
+    """boto3's S3 client behind the same four operations."""
+
+    def __init__(self, endpoint: str | None, region: str | None, timeout: float):
+        import boto3
+        from botocore.config import Config
+        custom = endpoint or endpoint_from_env()
+        config = Config(signature_version="s3v4", s3={"addressing_style": "path" if custom else "auto"},
+                        request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required",
+                        retries={"max_attempts": 1, "mode": "standard"},  # onnxfn retries within the deadline
+                        connect_timeout=min(5.0, timeout), read_timeout=timeout)
+        self.client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+    def head(self, bucket: str, key: str) -> dict[str, str]:
+        with self._errors():
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        return _boto_headers(head)
+
+    @contextmanager
+    def get(self, bucket: str, key: str):
+        with self._errors():
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        body = response["Body"]
+        try:  # what the caller's block raises passes through unchanged
+            yield _boto_headers(response), self._chunks(body)
+        finally:
+            body.close()
+
+    def _chunks(self, body) -> Iterator[bytes]:
+        with self._errors():
+            yield from body.iter_chunks(CHUNK)
+
+    def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
+        extra = {}
+        if "if-none-match" in headers:
+            extra["IfNoneMatch"] = headers["if-none-match"]
+        if "if-match" in headers:
+            extra["IfMatch"] = headers["if-match"]
+        with self._errors():
+            response = self.client.put_object(Bucket=bucket, Key=key, Body=data,
+                                              ContentType=headers.get("content-type", "application/octet-stream"),
+                                              Metadata=metadata(headers), **extra)
+        return _boto_headers(response)
+
+    def copy(self, bucket: str, source: str, target: str) -> None:
+        with self._errors():
+            self.client.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source},
+                                    MetadataDirective="COPY")
+
+    @contextmanager
+    def _errors(self):
+        from botocore import exceptions as bx
+        try:
+            yield
+        except bx.ClientError as e:
+            error = e.response.get("Error", {})
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            raise S3Error(status, str(error.get("Code", "")), str(error.get("Message", ""))) from None
+        except (bx.NoCredentialsError, bx.PartialCredentialsError) as e:
+            raise S3Error(401, "NoCredentials", str(e)) from None
+        except bx.ParamValidationError as e:
+            raise ConfigError(f"invalid bucket or key: {e}") from None
+        except (bx.BotoCoreError, OSError) as e:
+            raise Unreachable(f"{type(e).__name__}: {e}") from None
+
+
+def _boto_headers(response: dict) -> dict[str, str]:
+    headers = {k.lower(): v for k, v in response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).items()}
+    if response.get("ETag"):
+        headers["etag"] = response["ETag"]
+    if response.get("ContentLength") is not None:
+        headers["content-length"] = str(response["ContentLength"])
+    for k, v in (response.get("Metadata") or {}).items():
+        headers["x-amz-meta-" + k.lower()] = v
+    return headers

@@ -1,0 +1,1 @@
+"""The imaging tasks: model tensors from decoded images, and answers (labels, masks) from model outputs."""

@@ -1,0 +1,100 @@
+"""Model outputs -> clinical-style answers: top-k labels, or a mask with per-class
+pixel counts and bounding boxes."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+from onnxfn.errors import InferenceError
+from onnxfn.bundles.manifest import InputSpec, OutputSpec
+from onnxfn.tasks.preprocess import Geometry, restore
+
+
+def activate(values: np.ndarray, activation: str, axis: int = -1) -> np.ndarray:
+    values = values.astype(np.float32, copy=False)
+    if activation == "softmax":
+        shifted = values - values.max(axis=axis, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=axis, keepdims=True)
+    if activation == "sigmoid":
+        with np.errstate(over="ignore"):  # exp overflows to inf for logits below -88: the answer is 0
+            return 1.0 / (1.0 + np.exp(-values))
+    return values
+
+
+def classify(output: np.ndarray, spec: OutputSpec, top_k: int) -> dict:
+    scores = np.asarray(output)
+    if scores.ndim == 2 and scores.shape[0] == 1:
+        scores = scores[0]
+    if scores.ndim != 1:
+        raise InferenceError(f"output {spec.name!r} has shape {list(np.shape(output))}; a classifier's scores "
+                             "must be [1, classes]", code="bad_output")
+    scores = activate(scores, spec.activation)
+    labels = spec.labels or tuple(str(i) for i in range(scores.size))
+    if len(labels) != scores.size:
+        raise InferenceError(f"output {spec.name!r} gives {scores.size} scores but the manifest lists "
+                             f"{len(labels)} labels", code="bad_output")
+    key = "score" if spec.activation == "none" else "probability"
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    top = [{"index": int(i), "label": labels[i], key: round(float(scores[i]), 6)} for i in order]
+    return {"label": top[0]["label"], key: top[0][key], "top": top}
+
+
+def segment(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec, geometry: Geometry) -> dict:
+    mask = _labels(np.asarray(output), spec, input_spec)
+    if mask.shape != tuple(geometry.model):
+        raise InferenceError(f"output {spec.name!r} has shape {list(np.shape(output))}: a {mask.shape[0]}x"
+                             f"{mask.shape[1]} mask, but the model's input was {geometry.model[0]}x"
+                             f"{geometry.model[1]}; a segmentation output must match its input's height and width "
+                             f"in layout {input_spec.layout}", code="bad_output")
+    mask = restore(mask, geometry)
+    count = int(mask.max()) + 1 if spec.decision == "argmax" else 2
+    names = spec.labels or ()
+    if spec.decision == "threshold" and len(names) == 1:
+        names = ("background",) + tuple(names)
+    classes = []
+    counts = np.bincount(mask.reshape(-1), minlength=count)
+    for index in range(1, max(count, len(names))):
+        pixels = int(counts[index]) if index < counts.size else 0
+        classes.append({"index": index, "label": names[index] if index < len(names) else str(index),
+                        "pixels": pixels, "fraction": round(pixels / mask.size, 6),
+                        "bbox": _bbox(mask == index) if pixels else None})
+    return {"mask": {"format": "png", "encoding": "base64", "width": int(mask.shape[1]),
+                     "height": int(mask.shape[0]), "values": "class index", "data": png(mask)},
+            "classes": classes}
+
+
+def _labels(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec) -> np.ndarray:
+    layout = input_spec.layout
+    if output.ndim == len(layout) and "N" in layout:
+        output = output[0]
+        layout = layout.replace("N", "")
+    if output.ndim == 2:  # HW: one channel, no channel axis
+        output, layout = output[..., None], "HWC"
+    if output.ndim != 3:
+        raise InferenceError(f"output {spec.name!r} has shape {list(output.shape)}; a segmentation output must "
+                             f"follow the input's layout {input_spec.layout}", code="bad_output")
+    if layout == "CHW":
+        output = output.transpose(1, 2, 0)
+    if spec.decision == "argmax":
+        return np.argmax(output, axis=2).astype(np.uint8)
+    if output.shape[2] != 1:
+        raise InferenceError(f"output {spec.name!r} has {output.shape[2]} channels; decision `threshold` needs one",
+                             code="bad_output")
+    probability = activate(output[..., 0], spec.activation)
+    return (probability > spec.threshold).astype(np.uint8)
+
+
+def _bbox(region: np.ndarray) -> list[int]:
+    """[x_min, y_min, x_max, y_max], inclusive pixel coordinates."""
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])]
+
+
+def png(mask: np.ndarray) -> str:
+    from PIL import Image as PILImage
+    buffer = io.BytesIO()
+    PILImage.fromarray(mask.astype(np.uint8)).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,176 @@
+"""Image -> model tensor, exactly as the bundle's manifest declares. Vectorised numpy and
+Pillow's C resampling; no per-pixel Python.
+
+Order: colour -> intensity (unit / raw / window / minmax, MONOCHROME1 inversion)
+-> geometry (resize, fit, pad) -> mean/std -> channel order -> layout -> dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxfn.errors import BadRequest
+from onnxfn.codecs.image import Image
+from onnxfn.bundles.manifest import ImageSpec, InputSpec
+
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "area": 4}  # PIL.Image.Resampling
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the original image sits in the model's input, to map masks back."""
+    original: tuple[int, int]  # (h, w) of the received image
+    resized: tuple[int, int]   # (h, w) after resizing, before padding or cropping
+    offset: tuple[int, int]    # model pixel (y, x) = resized pixel (y + top, x + left); negative = cropped
+    model: tuple[int, int]     # (h, w) of the model input
+
+
+def prepare(image: Image, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
+    """The input tensor (batch of one) for `image`, and the geometry it went through."""
+    cfg = spec.image
+    pixels = _color(image, cfg)
+    values = _intensity(image, pixels, cfg)
+    values, geometry = _geometry(values, cfg)
+    if cfg.mean is not None:
+        values -= np.asarray(cfg.mean, dtype=np.float32)
+    if cfg.std is not None:
+        values /= np.asarray(cfg.std, dtype=np.float32)
+    if cfg.color == "RGB" and cfg.channel_order == "BGR":
+        values = values[..., ::-1]
+    return _layout(values, spec), geometry
+
+
+def _color(image: Image, cfg: ImageSpec) -> np.ndarray:
+    """Stored pixels as HxWxC with the model's channel count."""
+    pixels = image.pixels
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    have = pixels.shape[2]
+    if have == cfg.channels:
+        return pixels
+    if cfg.channels == 1 and have == 3:
+        if image.bits != 8:
+            raise BadRequest(f"the model takes one grey channel; {image.bits}-bit colour cannot be converted",
+                             code="channels_mismatch")
+        return (pixels.astype(np.float32) @ LUMA)[..., None]
+    if cfg.channels == 3 and have == 1:
+        if image.bits != 8 or image.format == "dicom" and (image.rescale or image.invert):
+            raise BadRequest(f"the model takes 3 colour channels, but this image is {_depth(image)} greyscale, "
+                             "whose range cannot be shown in 8-bit colour without losing it: send an 8-bit "
+                             "image or use a greyscale model", code="channels_mismatch")
+        return np.repeat(pixels, 3, axis=2)
+    raise BadRequest(f"the image has {have} channels and the model takes {cfg.channels}", code="channels_mismatch")
+
+
+def _depth(image: Image) -> str:
+    return "floating-point" if image.bits is None else f"{image.bits}-bit"
+
+
+def _intensity(image: Image, pixels: np.ndarray, cfg: ImageSpec) -> np.ndarray:
+    values = pixels.astype(np.float32)  # always a fresh array: later steps work in place
+    if cfg.scaling == "unit":
+        if image.bits is None:
+            raise BadRequest("the model expects integer pixels scaled to [0, 1], but the image holds "
+                             "floating-point values", code="unsupported_pixels")
+        values *= np.float32(1.0 / (2 ** image.bits - 1))
+    else:
+        slope, intercept = image.rescale or (cfg.rescale if image.format != "dicom" else (1.0, 0.0))
+        if (slope, intercept) != (1.0, 0.0):
+            values *= np.float32(slope)
+            values += np.float32(intercept)
+        if cfg.scaling == "window":
+            window = image.window if (cfg.window_source == "file" and image.window) else cfg.window or image.window
+            if window is None:
+                raise BadRequest("the model needs a VOI window and neither the image nor the manifest gives one",
+                                 code="no_window")
+            low = window.center - window.width / 2
+            values -= np.float32(low)
+            values *= np.float32(1.0 / window.width)
+            np.clip(values, 0.0, 1.0, out=values)
+        elif cfg.scaling == "minmax":
+            low, high = float(values.min()), float(values.max())
+            values -= np.float32(low)
+            if high > low:
+                values *= np.float32(1.0 / (high - low))
+    if image.invert:
+        if cfg.scaling == "raw":
+            values = np.float32(values.min() + values.max()) - values
+        else:
+            values = 1.0 - values
+    return values
+
+
+def _geometry(values: np.ndarray, cfg: ImageSpec) -> tuple[np.ndarray, Geometry]:
+    h, w = values.shape[:2]
+    if cfg.size is None:
+        m = cfg.pad_multiple
+        target = (-(-h // m) * m, -(-w // m) * m)
+        return _place(values, (h, w), (0, 0), target, cfg.pad_value), Geometry((h, w), (h, w), (0, 0), target)
+    th, tw = cfg.size
+    if cfg.fit == "stretch":
+        size = (th, tw)
+    else:
+        scale = (min if cfg.fit == "pad" else max)(th / h, tw / w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    resized = resize(values, size, cfg.resample)
+    offset = ((th - size[0]) // 2, (tw - size[1]) // 2)
+    return _place(resized, size, offset, (th, tw), cfg.pad_value), Geometry((h, w), size, offset, (th, tw))
+
+
+def _place(values: np.ndarray, size, offset, target, fill: float) -> np.ndarray:
+    if tuple(size) == tuple(target) and offset == (0, 0):
+        return values
+    out = np.full((target[0], target[1], values.shape[2]), fill, dtype=np.float32)
+    src, dst = _overlap(size, offset, target)
+    out[dst] = values[src]
+    return out
+
+
+def _overlap(size, offset, target):
+    """Slices of a (size) image and a (target) canvas that overlap when the image is shifted by offset."""
+    top, left = offset
+    y0, x0 = max(0, -top), max(0, -left)
+    y1, x1 = min(size[0], target[0] - top), min(size[1], target[1] - left)
+    return ((slice(y0, y1), slice(x0, x1)), (slice(y0 + top, y1 + top), slice(x0 + left, x1 + left)))
+
+
+def resize(values: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
+    """Resize HxWxC float32 (or HxW uint8 masks) to size=(h, w) with Pillow, channel by channel."""
+    from PIL import Image as PILImage
+
+    if values.shape[:2] == tuple(size):
+        return values
+    if values.ndim == 2:
+        return np.asarray(PILImage.fromarray(values).resize((size[1], size[0]), RESAMPLE[method]))
+    channels = [np.asarray(PILImage.fromarray(np.ascontiguousarray(values[..., c], dtype=np.float32))
+                           .resize((size[1], size[0]), RESAMPLE[method])) for c in range(values.shape[2])]
+    return np.stack(channels, axis=2)
+
+
+def restore(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Map a model-sized HxW label mask back onto the received image (nearest neighbour)."""
+    canvas = np.zeros(geometry.resized, dtype=mask.dtype)
+    src, dst = _overlap(geometry.resized, geometry.offset, geometry.model)
+    canvas[src] = mask[dst]
+    return resize(canvas, geometry.original, "nearest")
+
+
+def _layout(values: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """HxWxC float32 -> the input's layout with a batch axis, in its dtype."""
+    layout = spec.layout
+    if layout == "NF":
+        tensor = values.reshape(1, -1)
+    else:
+        order = {"H": 0, "W": 1, "C": 2}
+        if "C" not in layout:
+            values = values[..., 0]
+            order = {"H": 0, "W": 1}
+        tensor = values.transpose([order[a] for a in layout if a != "N"])
+        if "N" in layout:
+            tensor = tensor[None]
+    dtype = np.dtype(spec.dtype)
+    if dtype == np.uint8:
+        tensor = np.clip(np.rint(tensor), 0, 255)
+    return np.ascontiguousarray(tensor, dtype=dtype)

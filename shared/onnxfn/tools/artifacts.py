@@ -1,0 +1,239 @@
+"""Derived artifacts, made at packaging time and gated on accuracy:
+
+- optimized: the graph optimized offline (ORT_ENABLE_ALL on the packaging CPU's class, whose
+  layouts can be CPU-specific, saved in ORT format to be memory-mapped; ORT_ENABLE_EXTENDED ONNX
+  for a target this machine cannot run), loaded later without re-optimizing: faster session
+  creation;
+- int8: static QDQ quantization with the bundle's calibration inputs and each target's settings
+  (x86 with VNNI: U8/S8; x86 without: U8/S8 with reduce_range; arm64: S8/S8), then pre-optimized.
+
+Every artifact is checked against the portable model on the validation inputs: max abs
+difference for fp32; top-1 agreement (classification) or mask Dice (segmentation) for int8.
+One that misses its threshold is not packaged, and the report says why. Artifacts for a CPU
+class this machine does not belong to are checked here as a proxy and marked unverified."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onnxfn.runtime import cpu
+from onnxfn.errors import BadRequest
+from onnxfn.bundles.manifest import InputSpec, Manifest, Requirement
+
+#: int8 targets: (name, requirement, activation type, reduce_range)
+INT8_TARGETS = {
+    "x86_64-vnni": (Requirement("x86_64", ("avx512_vnni",)), "QUInt8", False),
+    "x86_64-avxvnni": (Requirement("x86_64", ("avx_vnni",)), "QUInt8", False),
+    "x86_64": (Requirement("x86_64", ("avx2",)), "QUInt8", True),
+    "aarch64": (Requirement("aarch64", ("asimddp",)), "QInt8", False),
+}
+
+
+@dataclass
+class Thresholds:
+    max_abs_diff: float = 1e-3     # fp32 artifacts vs the portable model
+    min_top1: float = 0.99         # int8 classification: top-1 agreement with the portable model
+    min_dice: float = 0.99         # int8 segmentation: Dice of masks vs the portable model's
+    max_rel_diff: float = 0.05     # int8 tensor models: max abs diff / max abs value
+    min_int8_speedup: float = 1.0  # int8 artifacts made for this CPU class must beat the portable model
+
+
+@dataclass
+class Candidate:
+    path: Path
+    kind: str
+    requires: Requirement
+    preoptimized: bool
+    verified: bool
+    accuracy: dict = field(default_factory=dict)
+    accepted: bool = False
+    reason: str = ""
+
+
+def own_class() -> Requirement:
+    """This machine's CPU class for fp32 optimized artifacts: its widest vector ISA."""
+    features = cpu.features() or ()
+    best = next((f for f in ("avx512f", "avx2") if f in features), None) if cpu.arch() == "x86_64" else None
+    return Requirement(cpu.arch(), (best,) if best else ())
+
+
+def default_int8_target() -> str:
+    features = set(cpu.features() or ())
+    if cpu.arch() == "aarch64":
+        return "aarch64"
+    if "avx512_vnni" in features:
+        return "x86_64-vnni"
+    if "avx_vnni" in features:
+        return "x86_64-avxvnni"
+    return "x86_64"
+
+
+def optimize(source: Path, out: Path, level: str) -> Path:
+    """Save the graph optimized at `level`; an .ort path saves ORT format (memory-mappable, fastest to load)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.optimized_model_filepath = str(out)
+    if out.suffix == ".ort":
+        options.add_session_config_entry("session.save_model_format", "ORT")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
+    return out
+
+
+def quantize(source: Path, out: Path, spec: InputSpec, calibration: list[np.ndarray], activation: str,
+             reduce_range: bool) -> Path:
+    try:
+        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                              quantize_static)
+    except ImportError as e:
+        raise BadRequest(f"int8 quantization needs the onnx package ({e}): pip install onnx") from None
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {spec.name: batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
+                        per_channel=True, reduce_range=reduce_range)
+    return out
+
+
+def session(model: Path, preoptimized: bool, threads: int = 1):
+    """A plain session for checking an artifact (pre-optimized ones are not optimized again)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    if preoptimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if model.suffix == ".ort":
+        options.add_session_config_entry("session.load_model_format", "ORT")
+    return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def outputs(model: Path, spec: InputSpec, inputs: list[np.ndarray], output: str, preoptimized: bool) -> np.ndarray:
+    runner = session(model, preoptimized)
+    results = [runner.run([output], {spec.name: x})[0] for x in inputs]
+    if len({r.shape[1:] for r in results}) == 1:
+        return np.concatenate(results)
+    return np.concatenate([r.reshape(-1) for r in results])  # kept-size models: flatten the varying shapes
+
+
+def judge(candidate: Candidate, manifest: Manifest, reference: np.ndarray, got: np.ndarray,
+          limits: Thresholds) -> None:
+    """Compare an artifact's outputs with the portable model's; record the figures and the verdict."""
+    diff = float(np.max(np.abs(got.astype(np.float64) - reference))) if reference.size else 0.0
+    candidate.accuracy["max_abs_diff"] = diff
+    candidate.accuracy["samples"] = int(len(reference))
+    if candidate.kind != "int8":
+        candidate.accepted = diff <= limits.max_abs_diff
+        candidate.reason = "" if candidate.accepted else \
+            f"max abs difference {diff:.3g} exceeds {limits.max_abs_diff:g} (--max-abs-diff)"
+        return
+    if manifest.task == "classification":
+        agreement = float(np.mean(np.argmax(got, axis=-1) == np.argmax(reference, axis=-1)))
+        candidate.accuracy["top1_agreement"] = agreement
+        candidate.accepted = agreement >= limits.min_top1
+        candidate.reason = "" if candidate.accepted else \
+            f"top-1 agreement {agreement:.4f} is below {limits.min_top1:g} (--min-top1)"
+    elif manifest.task == "segmentation":
+        out = manifest.primary_output
+        if out.decision == "argmax":
+            a, b = np.argmax(got, axis=1) > 0, np.argmax(reference, axis=1) > 0
+        else:
+            a, b = got > 0 if out.activation == "sigmoid" else got > out.threshold, \
+                reference > 0 if out.activation == "sigmoid" else reference > out.threshold
+        total = int(a.sum() + b.sum())
+        dice = 1.0 if total == 0 else 2 * float(np.logical_and(a, b).sum()) / total
+        candidate.accuracy["dice_vs_portable"] = dice
+        candidate.accepted = dice >= limits.min_dice
+        candidate.reason = "" if candidate.accepted else f"mask Dice {dice:.4f} is below {limits.min_dice:g} (--min-dice)"
+    else:
+        scale = float(np.max(np.abs(reference))) or 1.0
+        candidate.accuracy["max_rel_diff"] = diff / scale
+        candidate.accepted = diff / scale <= limits.max_rel_diff
+        candidate.reason = "" if candidate.accepted else \
+            f"relative difference {diff / scale:.3g} exceeds {limits.max_rel_diff:g}"
+
+
+def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[str], int8_targets: list[str],
+          calibration: list[np.ndarray] | None, validation: list[np.ndarray] | None,
+          limits: Thresholds, ort_format: bool = True) -> list[Candidate]:
+    """Make, check and return the requested derived artifacts (accepted or not) in `work`."""
+    spec = manifest.inputs[0]
+    if int8_targets and calibration is None:
+        raise BadRequest("int8 artifacts need calibration inputs: pass --calibration FILE.npy")
+    int8_targets = [default_int8_target() if t == "native" else t for t in int8_targets]
+    unknown = [t for t in int8_targets if t not in INT8_TARGETS]
+    if unknown:
+        raise BadRequest(f"unknown int8 target(s) {', '.join(unknown)}; known: {', '.join(INT8_TARGETS)}")
+    if len(manifest.inputs) != 1 and (optimize_for or int8_targets):
+        raise BadRequest("derived artifacts are made for single-input models only")
+    checks = validation if validation is not None else calibration
+    if checks is None:
+        from onnxfn.runtime.model import example
+        rng = np.random.default_rng(0)
+        checks = [rng.random(example(spec).shape, dtype=np.float32) for _ in range(8)]
+    checks = [x.astype(spec.dtype, copy=False) for x in checks]
+    output = manifest.primary_output.name
+    reference = outputs(portable, spec, checks, output, preoptimized=False)
+    here, mine = cpu.arch(), own_class()
+    candidates = []
+    for target in optimize_for:
+        native = target == "native" or target == here
+        requires = mine if native else Requirement(target)
+        if requires.arch not in ("x86_64", "aarch64"):
+            raise BadRequest(f"--optimize-for {target!r}: choose native, x86_64 or aarch64")
+        label = f"{requires.arch}{'-' + requires.features[0] if requires.features else ''}"
+        suffix = ".ort" if native and ort_format else ".onnx"  # ORT format is saved for this machine's class only
+        path = optimize(portable, work / f"model.{label}.opt{suffix}", "ORT_ENABLE_ALL" if native else "ORT_ENABLE_EXTENDED")
+        candidates.append(Candidate(path, "optimized", requires, True, native))
+    for target in int8_targets:
+        requires, activation, reduce_range = INT8_TARGETS[target]
+        raw = quantize(portable, work / f"model.{target}.int8.raw.onnx", spec, calibration, activation, reduce_range)
+        native = requires.arch == here and set(requires.features) <= set(cpu.features() or ())
+        suffix = ".ort" if native and ort_format else ".onnx"
+        path = optimize(raw, work / f"model.{target}.int8{suffix}", "ORT_ENABLE_ALL" if native else "ORT_ENABLE_EXTENDED")
+        raw.unlink()
+        candidates.append(Candidate(path, "int8", requires, True, native))
+    for candidate in candidates:
+        got = outputs(candidate.path, spec, checks, output, candidate.preoptimized)
+        judge(candidate, manifest, reference, got, limits)
+        if not candidate.verified:
+            candidate.accuracy["checked_on"] = here
+        elif candidate.accepted and candidate.kind == "int8":
+            speedup = speed(portable, candidate.path, spec, checks[0])
+            candidate.accuracy["speedup_vs_portable"] = speedup
+            if speedup < limits.min_int8_speedup:
+                candidate.accepted = False
+                candidate.reason = (f"it runs {speedup:.2f}x the portable model's speed on this CPU class "
+                                    f"(below {limits.min_int8_speedup:g}: --min-int8-speedup); int8 pays off on "
+                                    "CPUs with VNNI or dot-product instructions")
+    return candidates
+
+
+def speed(portable: Path, candidate: Path, spec: InputSpec, x: np.ndarray, rounds: int = 5, runs: int = 5) -> float:
+    """The candidate's speed relative to the portable model at one thread (medians, alternated)."""
+    import time
+    sessions = [session(portable, False), session(candidate, True)]
+    for runner in sessions:
+        runner.run(None, {spec.name: x})
+    times: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for i, runner in enumerate(sessions):
+            for _ in range(runs):
+                started = time.perf_counter()
+                runner.run(None, {spec.name: x})
+                times[i].append(time.perf_counter() - started)
+    return float(np.median(times[0]) / np.median(times[1]))

@@ -1,0 +1,188 @@
+"""`onnxfn package`: a bundle from a bare ONNX model. Inputs and outputs are read from
+the model itself; options add what serving an image task needs."""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onnxfn.bundles import bundle as bundles
+from onnxfn.bundles import manifest as mf
+from onnxfn.errors import BadRequest, BundleError
+from onnxfn.runtime.session import ORT_TYPES
+
+if TYPE_CHECKING:
+    from onnxfn.tools.artifacts import Thresholds
+
+
+@dataclass
+class Options:
+    name: str | None = None
+    version: str = "1"
+    task: str = "tensor"
+    description: str = ""
+    layout: str | None = None
+    image: dict = field(default_factory=dict)      # manifest `image` fields (color, size, scaling, ...)
+    output: str | None = None                      # the primary output's name
+    activation: str | None = None
+    decision: str | None = None
+    threshold: float | None = None
+    labels: list[str] | None = None
+    force: bool = False
+    optimize_for: list[str] = field(default_factory=list)   # "native", "x86_64", "aarch64"
+    int8: list[str] = field(default_factory=list)            # int8 targets (artifacts.INT8_TARGETS)
+    calibration: Path | None = None                          # .npy/.npz of inputs, or a folder of images
+    validation: Path | None = None
+    thresholds: Thresholds | None = None
+    ort_format: bool = True                                  # native derived artifacts in ORT format
+    report: list[str] = field(default_factory=list)          # filled: what the accuracy gate decided
+
+
+def describe(model: Path) -> tuple[list[dict], list[dict]]:
+    """The model's inputs and outputs as manifest entries (name, dtype, shape)."""
+    import onnxruntime as ort
+    try:
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise BundleError(f"onnxruntime cannot load {str(model)!r}: {e}", code="artifact_invalid") from None
+
+    def entry(node) -> dict:
+        shape = [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d else -1) for d in node.shape]
+        return {"name": node.name, "dtype": ORT_TYPES.get(node.type, "string"), "shape": shape}
+    return [entry(i) for i in session.get_inputs()], [entry(o) for o in session.get_outputs()]
+
+
+def guess_layout(shape: list) -> str | None:
+    rank = len(shape)
+    if rank == 2:
+        return "NF"
+    if rank == 4:
+        if shape[1] in (1, 3):
+            return "NCHW"
+        if shape[3] in (1, 3):
+            return "NHWC"
+        return "NCHW"
+    if rank == 3:
+        return "NHW" if shape[0] in (-1, 1) or isinstance(shape[0], str) else "CHW"
+    return None
+
+
+def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
+    model = Path(model)
+    if not model.is_file():
+        raise BadRequest(f"model file {str(model)!r} does not exist")
+    inputs, outputs = describe(model)
+    if options.task != "tensor":
+        if len(inputs) != 1:
+            raise BadRequest(f"a {options.task} bundle needs a model with one input; this one has "
+                             f"{', '.join(i['name'] for i in inputs)}: package it as --task tensor")
+        spec = inputs[0]
+        spec["layout"] = options.layout or guess_layout(spec["shape"])
+        if spec["layout"] is None:
+            raise BadRequest(f"cannot guess the layout of input {spec['name']!r} with shape {spec['shape']}: "
+                             "pass --layout")
+        spec["image"] = dict(options.image)
+        if "color" not in spec["image"]:
+            c_axis = spec["layout"].find("C")
+            spec["image"]["color"] = "RGB" if c_axis >= 0 and spec["shape"][c_axis] == 3 else "L"
+    elif options.layout:
+        inputs[0]["layout"] = options.layout
+    if options.output:
+        names = [o["name"] for o in outputs]
+        if options.output not in names:
+            raise BadRequest(f"--output {options.output!r} is not an output of the model ({', '.join(names)})")
+        outputs.sort(key=lambda o: o["name"] != options.output)
+    primary = outputs[0]
+    for key in ("activation", "decision", "threshold", "labels"):
+        if getattr(options, key) is not None:
+            primary[key] = getattr(options, key)
+    for o in outputs:
+        o.pop("dtype"), o.pop("shape")
+    if options.int8 and options.calibration is None:
+        raise BadRequest("int8 artifacts need calibration inputs: pass --calibration FILE.npy or a folder of images")
+    artifact = bundles.artifact_for(model, "model.onnx")
+    document = {"format": mf.FORMAT, "name": options.name or model.stem, "version": options.version,
+                "task": options.task, "description": options.description, "inputs": inputs, "outputs": outputs,
+                "artifacts": [_artifact_entry(artifact)]}
+    manifest = mf.parse(json.loads(json.dumps(document)))
+    files = {"model.onnx": model}
+    with tempfile.TemporaryDirectory() as work:
+        if options.optimize_for or options.int8:
+            document["artifacts"] += _derived(model, manifest, Path(work), options, files)
+            manifest = mf.parse(json.loads(json.dumps(document)))
+        written = bundles.write(out, manifest, files, force=options.force)
+    from onnxfn.runtime.loader import load
+    from onnxfn.settings import Settings
+    try:  # the bundle must serve: manifest matches the model, warm-up runs
+        load(Settings(model_uri=str(written.root), threads=1))
+    except BundleError:
+        import shutil
+        shutil.rmtree(written.root, ignore_errors=True)
+        raise
+    return written
+
+
+def _artifact_entry(artifact: mf.Artifact) -> dict:
+    return {k: v for k, v in asdict(artifact).items() if v is not None}
+
+
+def _derived(model: Path, manifest: mf.Manifest, work: Path, options: Options, files: dict) -> list[dict]:
+    """Build the requested optimized/int8 artifacts; keep those that pass the accuracy gate."""
+    from onnxfn.tools import artifacts
+    spec = manifest.inputs[0]
+    calibration = load_inputs(options.calibration, spec) if options.calibration else None
+    validation = load_inputs(options.validation, spec) if options.validation else None
+    candidates = artifacts.build(model, manifest, work, optimize_for=options.optimize_for,
+                                 int8_targets=options.int8, calibration=calibration, validation=validation,
+                                 limits=options.thresholds or artifacts.Thresholds(), ort_format=options.ort_format)
+    entries = []
+    for c in candidates:
+        figures = ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.accuracy.items())
+        if not c.accepted:
+            options.report.append(f"rejected {c.path.name} ({c.kind} for {c.requires.arch}"
+                                  f"{' ' + '+'.join(c.requires.features) if c.requires.features else ''}): "
+                                  f"{c.reason}; {figures}")
+            continue
+        status = "verified" if c.verified else "unverified: made for a CPU class this machine is not"
+        options.report.append(f"packaged {c.path.name} ({c.kind}, {status}): {figures}")
+        files[c.path.name] = c.path
+        entry = _artifact_entry(bundles.artifact_for(c.path, c.path.name, kind=c.kind))
+        entry.update(requires={"arch": c.requires.arch, "features": list(c.requires.features)},
+                     preoptimized=c.preoptimized, verified=c.verified, accuracy=c.accuracy)
+        entries.append(entry)
+    return entries
+
+
+def load_inputs(path: Path, spec: mf.InputSpec) -> list[np.ndarray]:
+    """Model inputs for calibration or validation: a .npy/.npz array [N, ...] in the input's layout, or a
+    folder of images decoded and pre-processed as the bundle declares. Each item has a batch of one."""
+    path = Path(path)
+    if path.is_dir():
+        if spec.image is None:
+            raise BadRequest(f"{str(path)!r} is a folder of images, but input {spec.name!r} takes no image")
+        from onnxfn.codecs import payload
+        from onnxfn.tasks import preprocess
+        items = []
+        for file in sorted(p for p in path.iterdir() if p.is_file()):
+            body = payload.classify(file.read_bytes(), None, 1 << 30)
+            items.append(preprocess.prepare(payload.decode_image(body, 1 << 30), spec)[0])
+        if not items:
+            raise BadRequest(f"no images in {str(path)!r}")
+        return items
+    if not path.is_file():
+        raise BadRequest(f"{str(path)!r} does not exist: pass a .npy file or a folder of images")
+    data = np.load(path)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        data = data[data.files[0]]
+    rank = len(spec.shape)
+    if data.ndim != rank:
+        raise BadRequest(f"{str(path)!r} holds shape {list(data.shape)}; input {spec.name!r} takes {rank} dimensions "
+                         f"{list(spec.shape)} (the first one is the sample count)")
+    for axis, (want, got) in enumerate(zip(spec.shape[1:], data.shape[1:]), start=1):
+        if isinstance(want, int) and want != got:
+            raise BadRequest(f"{str(path)!r} has size {got} in dimension {axis}, input {spec.name!r} takes {want}")
+    return [np.ascontiguousarray(data[i:i + 1], dtype=spec.dtype) for i in range(len(data))]

@@ -1,0 +1,298 @@
+"""dicom.py on pydicom's own test corpus: transfer syntaxes, rescale, VOI window,
+MONOCHROME1, palette and RGB colour, the pixel limit, and errors that name what was wrong
+without ever quoting patient data."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests.support.images import damage, pydicom_file
+from onnxfn.codecs import dicom
+from onnxfn.errors import BadRequest, OnnxfnError, PayloadTooLarge, UnsupportedMediaType
+from onnxfn.bundles.manifest import Window
+
+LIMIT = 10_000_000
+
+
+def raw(name: str) -> bytes:
+    return pydicom_file(name).read_bytes()
+
+
+def dataset(name: str) -> pydicom.Dataset:
+    return pydicom.dcmread(pydicom_file(name))
+
+
+def written(ds: pydicom.Dataset, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(buffer, **kwargs)
+    return buffer.getvalue()
+
+
+def reference(name: str) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dataset(name).pixel_array
+
+
+def refused(data: bytes, error=BadRequest, limit: int = LIMIT) -> OnnxfnError:
+    with pytest.raises(error) as info:
+        dicom.decode(data, limit)
+    return info.value
+
+
+# ------------------------------------------------------------------ grey images
+
+def test_ct_reads_stored_values_rescale_and_no_window():
+    im = dicom.decode(raw("CT_small.dcm"), LIMIT)
+    assert (im.format, im.bits, im.pixels.shape, im.pixels.dtype) == ("dicom", 16, (128, 128), np.int16)
+    assert im.rescale == (1.0, -1024.0)
+    assert im.window is None  # CT_small has no VOI window of its own
+    assert im.invert is False
+    np.testing.assert_array_equal(im.pixels, reference("CT_small.dcm"))
+    assert (int(im.pixels.min()), int(im.pixels.max())) == (128, 2191)
+
+
+def test_ct_window_from_the_file_takes_the_first_of_several():
+    ds = dataset("CT_small.dcm")
+    ds.WindowCenter, ds.WindowWidth = [40, 400], [400, 2000]
+    im = dicom.decode(written(ds), LIMIT)
+    assert im.window == Window(40.0, 400.0)
+
+
+@pytest.mark.parametrize("width", [0, -10])
+def test_a_window_without_positive_width_is_ignored(width):
+    ds = dataset("CT_small.dcm")
+    ds.WindowCenter, ds.WindowWidth = 40, width
+    assert dicom.decode(written(ds), LIMIT).window is None
+
+
+def test_mr_has_its_window_and_no_rescale():
+    im = dicom.decode(raw("MR_small.dcm"), LIMIT)
+    assert im.window == Window(600.0, 1600.0)
+    assert im.rescale is None and im.bits == 16
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
+                                  "MR_small_expb.dcm", "MR_small_jp2klossless.dcm", "MR_small_padded.dcm"])
+def test_every_encoding_of_mr_small_gives_the_same_pixels(name):
+    expected = dicom.decode(raw("MR_small.dcm"), LIMIT)
+    im = dicom.decode(raw(name), LIMIT)
+    assert im.pixels.shape == (64, 64)
+    assert im.pixels.dtype.isnative  # big-endian data comes back in native byte order
+    np.testing.assert_array_equal(im.pixels, expected.pixels)
+    assert im.window == expected.window
+
+
+def test_jpeg2000_decodes_through_pillow():
+    im = dicom.decode(raw("693_J2KI.dcm"), LIMIT)
+    assert im.pixels.shape == (512, 512) and im.bits == 14
+    assert im.rescale == (1.0, -1024.0) and im.window == Window(40.0, 100.0)
+    # a CT slice: air around the head at the low end, bone at the high end
+    assert int(im.pixels.min()) < -1000 and int(im.pixels.max()) > 1000
+
+
+def test_bare_dataset_without_preamble_or_file_meta_is_read(tmp_path):
+    ds = dataset("CT_small.dcm")
+    del ds.file_meta
+    ds.preamble = None
+    for implicit in (True, False):
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=False, implicit_vr=implicit, little_endian=True)
+        data = buffer.getvalue()
+        assert data[128:132] != b"DICM"
+        im = dicom.decode(data, LIMIT)
+        np.testing.assert_array_equal(im.pixels, reference("CT_small.dcm"))
+        assert im.rescale == (1.0, -1024.0)
+
+
+def test_monochrome1_sets_invert():
+    ds = dataset("CT_small.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    im = dicom.decode(written(ds), LIMIT)
+    assert im.invert is True
+    np.testing.assert_array_equal(im.pixels, reference("CT_small.dcm"))
+
+
+def test_modality_lut_sequence_gives_float_values_without_bits():
+    ds = dataset("CT_small.dcm")
+    stored = (np.arange(128 * 128) % 256).astype(np.int16).reshape(128, 128)
+    ds.PixelData = stored.tobytes()
+    del ds.RescaleSlope, ds.RescaleIntercept
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [256, 0, 16]
+    item.ModalityLUTType = "HU"
+    lut = np.arange(256, dtype=np.uint16) * 10 + 5
+    item.add_new(0x00283006, "OW", lut.tobytes())  # LUTData
+    ds.ModalityLUTSequence = [item]
+    im = dicom.decode(written(ds), LIMIT)
+    assert im.bits is None and im.rescale is None and im.pixels.dtype == np.float32
+    np.testing.assert_array_equal(im.pixels, lut[stored].astype(np.float32))
+
+
+# ------------------------------------------------------------------ colour
+
+def test_rgb_keeps_the_colours():
+    im = dicom.decode(raw("SC_rgb_rle.dcm"), LIMIT)
+    assert (im.pixels.shape, im.pixels.dtype, im.bits, im.channels) == ((100, 100, 3), np.uint8, 8, 3)
+    bands = im.pixels[[5, 15, 25, 35, 45, 55, 65, 75, 85, 95], 50]
+    np.testing.assert_array_equal(bands, [[255, 0, 0], [255, 128, 128], [0, 255, 0], [128, 255, 128],
+                                          [0, 0, 255], [128, 128, 255], [0, 0, 0], [64, 64, 64],
+                                          [192, 192, 192], [255, 255, 255]])
+    assert im.rescale is None and im.window is None and im.invert is False
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_small_odd.dcm", "SC_rgb_small_odd_big_endian.dcm",
+                                  "SC_rgb_jpeg_dcmtk.dcm", "SC_ybr_full_422_uncompressed.dcm",
+                                  "examples_rgb_color.dcm", "examples_jpeg2k.dcm"])
+def test_colour_files_come_back_as_8bit_rgb(name):
+    im = dicom.decode(raw(name), LIMIT)
+    assert im.pixels.ndim == 3 and im.pixels.shape[2] == 3
+    assert im.pixels.dtype == np.uint8 and im.bits == 8
+    assert im.pixels.flags.c_contiguous
+
+
+def test_palette_colour_becomes_8bit_rgb():
+    from pydicom.pixels import apply_color_lut
+
+    ds = dataset("examples_palette.dcm")
+    assert ds.BitsStored == 8 and ds.RedPaletteColorLookupTableDescriptor[2] == 16  # 8-bit indices, 16-bit entries
+    im = dicom.decode(raw("examples_palette.dcm"), LIMIT)
+    assert (im.pixels.shape, im.pixels.dtype, im.bits) == ((350, 800, 3), np.uint8, 8)
+    expected = (apply_color_lut(reference("examples_palette.dcm"), ds) >> 8).astype(np.uint8)
+    np.testing.assert_array_equal(im.pixels, expected)
+    assert int(im.pixels.max()) == 255
+
+
+def test_16bit_colour_is_refused():
+    error = refused(raw("SC_rgb_rle_16bit.dcm"), UnsupportedMediaType)
+    assert (error.status, error.code) == (415, "unsupported_pixels")
+    assert "16-bit colour" in error.message
+
+
+# ------------------------------------------------------------------ refusals
+
+@pytest.mark.parametrize("name,syntax", [
+    ("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS Lossless Image Compression"),
+    ("JPEGLSNearLossless_16.dcm", "JPEG-LS Lossy (Near-Lossless) Image Compression"),
+    ("SC_rgb_jpeg_gdcm.dcm", "JPEG Lossless, Non-Hierarchical, First-Order Prediction"),
+    ("JPGExtended.dcm", "JPEG Extended (Process 2 and 4)"),
+])
+def test_syntax_without_a_decoder_is_415_naming_syntax_and_packages(name, syntax):
+    error = refused(raw(name), UnsupportedMediaType)
+    assert (error.status, error.code) == (415, "dicom_unsupported_syntax")
+    assert f"transfer syntax '{syntax}" in error.message
+    assert "pylibjpeg" in error.message and "gdcm" in error.message
+
+
+def test_object_without_pixels_is_415():
+    error = refused(raw("rtplan.dcm"), UnsupportedMediaType)
+    assert (error.status, error.code) == (415, "dicom_no_pixels")
+    assert "RT Plan Storage" in error.message
+
+
+def test_truncated_pixel_data_is_400():
+    error = refused(raw("MR_truncated.dcm"))
+    assert (error.status, error.code) == (400, "invalid_dicom")
+    assert "8130 vs 8192 bytes" in error.message and "Explicit VR Little Endian" in error.message
+
+
+@pytest.mark.parametrize("cut", [300, 400, 1000, 5000])
+def test_file_cut_before_its_pixels_is_400(cut):
+    # pydicom reads a cut file quietly up to where it ends: no SOP class, or an image object without pixels
+    error = refused(raw("CT_small.dcm")[:cut])
+    assert (error.status, error.code) == (400, "invalid_dicom")
+    assert "truncated" in error.message
+
+
+@pytest.mark.parametrize("data", [b"hello world" * 10, b"\x00" * 300, b'{"image": "x"}'])
+def test_bytes_that_are_not_dicom_are_400(data):
+    error = refused(data)
+    assert (error.status, error.code) == (400, "invalid_dicom")
+    assert "not a readable DICOM file" in error.message
+
+
+def test_multi_frame_is_400():
+    error = refused(raw("examples_ybr_color.dcm"))
+    assert (error.status, error.code) == (400, "multi_frame")
+    assert "30 frames" in error.message
+
+
+def test_pixel_limit_counts_rows_and_columns():
+    dicom.decode(raw("CT_small.dcm"), 128 * 128)
+    error = refused(raw("CT_small.dcm"), PayloadTooLarge, limit=128 * 128 - 1)
+    assert (error.status, error.code) == (413, "too_many_pixels")
+    assert "128x128" in error.message and "ONNXFN_MAX_PIXELS" in error.message
+
+
+def test_pixel_limit_counts_frames():
+    error = refused(raw("examples_ybr_color.dcm"), PayloadTooLarge, limit=1_000_000)
+    assert "x30 frames" in error.message
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    # Rows says 60000 but the pixel data is still 128x128: a 413, not a 400 about short pixel data
+    data = raw("CT_small.dcm")
+    rows = data.index(b"\x28\x00\x10\x00US\x02\x00")
+    huge = data[:rows + 8] + (60000).to_bytes(2, "little") + data[rows + 10:]
+    error = refused(huge, PayloadTooLarge, limit=1_000_000)
+    assert error.code == "too_many_pixels" and "128x60000" in error.message
+
+
+def test_unknown_value_representation_in_an_image_attribute_is_400():
+    # pydicom converts elements lazily: the unknown VR surfaces (as NotImplementedError) when Rows is read
+    data = raw("CT_small.dcm")
+    rows = data.index(b"\x28\x00\x10\x00US\x02\x00")
+    error = refused(data[:rows + 4] + b"ZZ" + data[rows + 6:])
+    assert (error.status, error.code) == (400, "invalid_dicom")
+    assert "image attributes are invalid" in error.message and "(0028,0010)" in error.message
+
+
+# ------------------------------------------------------------------ patient data stays out of errors
+
+PATIENT = [b"CompressedSamples^CT1", b"1CT1"]
+
+
+def test_a_damaged_element_holding_patient_bytes_is_not_quoted():
+    # Rows (US) whose 21-byte value is the patient's name: pydicom's error quotes the raw bytes
+    data = raw("CT_small.dcm")
+    rows = data.index(b"\x28\x00\x10\x00US\x02\x00")
+    damaged = data[:rows] + b"\x28\x00\x10\x00US\x15\x00" + PATIENT[0] + data[rows + 10:]
+    error = refused(damaged)
+    assert (error.status, error.code) == (400, "invalid_dicom")
+    assert "BytesLengthException" in error.message
+    assert "CompressedSamples" not in error.message and "CT1" not in error.message
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_truncated.dcm", "JPGExtended.dcm", "rtplan.dcm"])
+def test_refusals_do_not_mention_the_patient(name):
+    ds = dataset(name)
+    names = [str(ds.get(tag)) for tag in ("PatientName", "PatientID", "PatientBirthDate") if ds.get(tag)]
+    assert names
+    try:
+        dicom.decode(raw(name), 100)
+    except OnnxfnError as e:
+        for value in names:
+            assert value not in e.message
+    else:
+        pytest.fail("a 100-pixel limit must refuse every image")
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(["CT_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_small_odd.dcm"]),
+       edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255),
+                                st.sampled_from(["set", "cut", "insert"])), min_size=1, max_size=6))
+def test_damaged_files_only_raise_onnxfn_errors_without_patient_data(name, edits):
+    data = damage(raw(name), edits, insert=4)
+    try:
+        dicom.decode(data, 1_000_000)
+    except OnnxfnError as e:
+        assert e.status in (400, 413, 415)
+        assert "CompressedSamples" not in e.message and "1CT1" not in e.message and "4MR1" not in e.message

@@ -1,0 +1,55 @@
+"""What the function imports is one tree, the tools another: serving a call through the deployed entry
+point loads no `onnxfn.tools` module, no runtime module names one, and the image leaves them out."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+from tests.support.models import ROOT
+
+RUNTIME = ROOT / "shared" / "onnxfn"
+
+SERVE_ONE_CALL = r"""
+import importlib.util, io, json, sys
+spec = importlib.util.spec_from_file_location("func", sys.argv[1])
+func = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(func)
+from fdk.context import InvokeContext
+ctx = InvokeContext("app", "app", "fn", "onnxfn", "call-1", content_type="image/png",
+                    headers={"content-type": "image/png"})
+response = func.handler(ctx, io.BytesIO(open(sys.argv[2], "rb").read()))
+print(json.dumps({"body": json.loads(response.body()),
+                  "modules": sorted(m for m in sys.modules if m.startswith("onnxfn"))}))
+"""
+
+
+def test_a_call_through_the_entry_point_loads_no_tool():
+    out = subprocess.run([sys.executable, "-c", SERVE_ONE_CALL, str(ROOT / "functions" / "func.py"),
+                          str(ROOT / "samples" / "digit-7.png")], capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "ONNXFN_THREADS": "1", "ONNXFN_BAKED_BUNDLE": "",
+                              "MODEL_URI": str(ROOT / "models" / "digits-cnn")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["body"]["result"]["label"] == "7"
+    assert "onnxfn.runtime.loader" in result["modules"]  # the call really went through the core
+    assert [m for m in result["modules"] if m.startswith("onnxfn.tools")] == []
+
+
+def test_no_runtime_module_imports_a_tool():
+    offenders = []
+    for path in RUNTIME.rglob("*.py"):
+        if "tools" in path.relative_to(RUNTIME).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith("onnxfn.tools")]
+    assert offenders == []
+
+
+def test_the_image_copies_the_runtime_only():
+    ignore = (ROOT / "layers" / "Dockerfile.dockerignore").read_text().split()
+    assert "!shared/onnxfn/" in ignore and "shared/onnxfn/tools/" in ignore
+    assert ignore.index("shared/onnxfn/tools/") > ignore.index("!shared/onnxfn/")  # the later rule wins

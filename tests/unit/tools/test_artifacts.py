@@ -1,0 +1,203 @@
+"""Per-CPU artifacts: packaging with the accuracy gate, choice at cold start, fallback, tuning."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.support.models import DIGIT, MODELS
+from onnxfn.bundles import bundle as bundles
+from onnxfn.runtime import cpu
+from onnxfn.runtime import loader as runner
+from onnxfn.runtime.selection import choose
+from onnxfn.tools.artifacts import Thresholds
+from onnxfn.errors import BadRequest, BundleError
+from onnxfn.bundles.manifest import Requirement
+from onnxfn.tools.package import Options, build
+from onnxfn.settings import Settings
+
+LABELS = [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    held = np.load(MODELS / "data" / "digits-heldout.npz")
+    path = tmp_path_factory.mktemp("cal") / "digits.npy"
+    np.save(path, (held["images"][:120].astype(np.float32) / 255)[:, None])
+    return path
+
+
+@pytest.fixture(scope="module")
+def derived(tmp_path_factory, calibration):
+    options = Options(name="digits", task="classification", activation="softmax", labels=LABELS,
+                      optimize_for=["native", "aarch64"], int8=["x86_64", "aarch64"], calibration=calibration,
+                      thresholds=Thresholds(min_int8_speedup=0.0))  # speed is the benchmark's business here
+    bundle = build(MODELS / "digits-cnn" / "model.onnx", tmp_path_factory.mktemp("b") / "digits", options)
+    return bundle, options.report
+
+
+def test_derived_artifacts_carry_requirements_and_figures(derived):
+    bundle, report = derived
+    kinds = {a.path: a for a in bundle.manifest.artifacts}
+    assert set(kinds) == {"model.onnx", "model.aarch64.opt.onnx", "model.x86_64.int8.ort",
+                          "model.aarch64.int8.onnx", f"model.x86_64{'-' + runner_isa() if runner_isa() else ''}.opt.ort"}
+    int8 = kinds["model.x86_64.int8.ort"]
+    assert int8.kind == "int8" and int8.requires == Requirement("x86_64", ("avx2",)) and int8.preoptimized
+    assert int8.accuracy["top1_agreement"] >= 0.99 and int8.accuracy["samples"] == 120
+    arm = kinds["model.aarch64.int8.onnx"]
+    assert arm.verified is False and arm.accuracy["checked_on"] == "x86_64"
+    assert len(report) == 4 and all(line.startswith("packaged") for line in report)
+    assert bundles.load(bundle.root).manifest == bundle.manifest  # every artifact verifies
+
+
+def runner_isa():
+    features = cpu.features() or ()
+    return next((f for f in ("avx512f", "avx2") if f in features), "")
+
+
+def test_the_function_picks_the_best_artifact_its_cpu_satisfies(function, derived):
+    bundle, _ = derived
+    answer = function({"MODEL_URI": str(bundle.root)}).call(DIGIT, "image/png").json()
+    expected = "model.x86_64.int8.ort" if "avx2" in (cpu.features() or ()) else "model.onnx"
+    assert answer["runtime"]["artifact"] == expected and answer["result"]["label"] == "7"
+    forced = function({"MODEL_URI": str(bundle.root), "ONNXFN_ARTIFACT": "portable"}).call(DIGIT, "image/png").json()
+    assert forced["runtime"]["artifact"] == "model.onnx" and forced["runtime"]["artifact_kind"] == "portable"
+
+
+def test_a_broken_artifact_falls_back_to_the_portable_one(function, derived, tmp_path):
+    bundle, _ = derived
+    root = tmp_path / "b"
+    shutil.copytree(bundle.root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["kind"] != "portable":
+            (root / entry["path"]).write_bytes(b"not a model")
+            entry["sha256"] = bundles.sha256_file(root / entry["path"])
+            entry["size"] = (root / entry["path"]).stat().st_size
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    fn = function({"MODEL_URI": str(root)})
+    answer = fn.call(DIGIT, "image/png").json()
+    assert answer["runtime"]["artifact"] == "model.onnx" and answer["result"]["label"] == "7"
+    assert '"event":"artifact_failed"' in fn.logs()
+
+
+def test_all_artifacts_failing_is_a_500_naming_each(derived, tmp_path):
+    bundle, _ = derived
+    root = tmp_path / "b"
+    shutil.copytree(bundle.root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] in ("model.onnx", "model.x86_64.int8.ort")]
+    for entry in manifest["artifacts"]:
+        (root / entry["path"]).write_bytes(b"junk" + entry["path"].encode())
+        entry["sha256"], entry["size"] = bundles.sha256_file(root / entry["path"]), (root / entry["path"]).stat().st_size
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    if "avx2" not in (cpu.features() or ()):
+        pytest.skip("needs an AVX2 CPU to try the x86_64 int8 artifact")
+    with pytest.raises(BundleError) as e:
+        runner.load(Settings(model_uri=str(root), threads=1, baked_bundle=""))
+    assert e.value.code == "artifacts_failed"
+    assert "'model.onnx'" in e.value.message and "'model.x86_64.int8.ort'" in e.value.message
+
+
+def test_the_gate_rejects_an_artifact_that_misses_its_threshold(tmp_path, calibration):
+    options = Options(name="digits", task="classification", labels=LABELS, int8=["x86_64"], optimize_for=["native"],
+                      calibration=calibration, thresholds=Thresholds(min_top1=1.01, max_abs_diff=-1.0))
+    bundle = build(MODELS / "digits-cnn" / "model.onnx", tmp_path / "b", options)
+    assert [a.path for a in bundle.manifest.artifacts] == ["model.onnx"]
+    assert len(options.report) == 2 and all(line.startswith("rejected") for line in options.report)
+    assert "top-1 agreement" in " ".join(options.report) and "--min-top1" in " ".join(options.report)
+    assert "--max-abs-diff" in " ".join(options.report)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["manifest.json", "model.onnx"]
+
+
+def test_int8_without_calibration_fails_before_any_work(tmp_path):
+    with pytest.raises(BadRequest, match="--calibration"):
+        build(MODELS / "digits-cnn" / "model.onnx", tmp_path / "b",
+              Options(name="d", task="classification", labels=LABELS, int8=["x86_64"]))
+    assert not (tmp_path / "b").exists()
+
+
+def test_calibration_of_the_wrong_shape_is_named(tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((4, 8, 8), dtype=np.float32))
+    with pytest.raises(BadRequest, match="4 dimensions"):
+        build(MODELS / "digits-cnn" / "model.onnx", tmp_path / "b",
+              Options(name="d", task="classification", labels=LABELS, int8=["x86_64"], calibration=tmp_path / "bad.npy"))
+
+
+def test_segmentation_int8_from_a_folder_of_dicoms(tmp_path):
+    from models.train import phantoms
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    for seed in range(6):
+        hu, _ = phantoms.make_phantom(300000 + seed, (96, 96))
+        phantoms.write_dicom(folder / f"{seed}.dcm", hu)
+    source = bundles.load(MODELS / "lesion-unet").manifest
+    spec = source.inputs[0].image
+    options = Options(name="unet", task="segmentation", activation="sigmoid", decision="threshold", labels=["lesion"],
+                      image={"pad_multiple": 4, "scaling": "window", "window": {"center": 40, "width": 400},
+                             "rescale": list(spec.rescale)},
+                      int8=["x86_64"], calibration=folder, thresholds=Thresholds(min_dice=0.9, min_int8_speedup=0.0))
+    bundle = build(MODELS / "lesion-unet" / "model.onnx", tmp_path / "b", options)
+    int8 = [a for a in bundle.manifest.artifacts if a.kind == "int8"]
+    assert int8 and int8[0].accuracy["dice_vs_portable"] >= 0.9, options.report
+
+
+@pytest.mark.parametrize("requires, error", [
+    ({"arch": "sparc"}, "requires.arch"), ({"arch": "x86_64", "features": ["avx9000"]}, "requires.features[0]"),
+])
+def test_malformed_requirements_are_named(tmp_path, requires, error):
+    root = tmp_path / "b"
+    shutil.copytree(MODELS / "digits-cnn", root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    extra = dict(manifest["artifacts"][0], path="model.x.onnx", kind="optimized", requires=requires)
+    manifest["artifacts"].append(extra)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as e:
+        bundles.load(root)
+    assert f"artifacts[1].{error}" in e.value.message
+
+
+def test_choice_order_and_unknown_cpus():
+    manifest = bundles.load(MODELS / "digits-cnn").manifest
+    import dataclasses
+    from onnxfn.bundles.manifest import Artifact
+    arts = (manifest.portable,
+            Artifact("a.onnx", "0" * 64, 1, "optimized", Requirement("x86_64", ("avx2",))),
+            Artifact("b.onnx", "0" * 64, 1, "optimized", Requirement("x86_64", ("avx512f",))),
+            Artifact("c.onnx", "0" * 64, 1, "int8", Requirement("x86_64", ("avx512_vnni",))),
+            Artifact("d.onnx", "0" * 64, 1, "int8", Requirement("aarch64", ("asimddp",))))
+    m = dataclasses.replace(manifest, artifacts=arts)
+    order = lambda arch, features: [a.path for a in choose(m, arch, features)]
+    assert order("x86_64", ("avx2", "avx512f", "avx512_vnni")) == ["c.onnx", "b.onnx", "a.onnx", "model.onnx"]
+    assert order("x86_64", ("avx2",)) == ["a.onnx", "model.onnx"]
+    assert order("aarch64", ("asimddp", "i8mm")) == ["d.onnx", "model.onnx"]
+    assert order("x86_64", None) == ["model.onnx"]  # /proc/cpuinfo unreadable: portable only
+
+
+def test_tuning_for_this_cpu_class_is_applied(function, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(MODELS / "digits-cnn", root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["tuning"] = [{"requires": {"arch": "aarch64"}, "intra_op_threads": 2},
+                          {"requires": {"arch": cpu.arch()}, "graph_optimization_level": "EXTENDED",
+                           "intra_op_threads": 1, "measured": {"p50_ms": 0.1}}]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    model = runner.load(Settings(model_uri=str(root), baked_bundle=""))
+    options = model.session.get_session_options()
+    assert model.tuning is not None and model.threads == 1 and options.intra_op_num_threads == 1
+    import onnxruntime as ort
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    answer = function({"MODEL_URI": str(root), "ONNXFN_THREADS": ""}).call(DIGIT, "image/png").json()
+    assert answer["runtime"]["tuned"] is True and answer["runtime"]["threads"] == 1
+
+
+def test_an_int8_artifact_slower_than_fp32_is_not_packaged(tmp_path, calibration):
+    if "avx2" not in (cpu.features() or ()):
+        pytest.skip("the x86_64 int8 target needs an AVX2 CPU to be measured here")
+    options = Options(name="d", task="classification", labels=LABELS, int8=["x86_64"], calibration=calibration,
+                      thresholds=Thresholds(min_int8_speedup=1000.0))
+    bundle = build(MODELS / "digits-cnn" / "model.onnx", tmp_path / "b", options)
+    assert [a.kind for a in bundle.manifest.artifacts] == ["portable"]
+    assert "--min-int8-speedup" in options.report[0] and "VNNI" in options.report[0]
