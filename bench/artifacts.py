@@ -28,7 +28,8 @@ sys.path[:0] = [str(ROOT / "shared"), str(ROOT)]
 
 from onnxfn.bundles import bundle as bundles
 from onnxfn.runtime import cpu
-from onnxfn.runtime import loader as runner  # noqa: E402
+from onnxfn.runtime import session as sessions  # noqa: E402
+from onnxfn.runtime.model import example  # noqa: E402
 from onnxfn.tools.package import Options, build  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def measure(bundle: bundles.Bundle, rounds: int, runs: int) -> list[dict]:
     import onnxruntime as ort
     m = bundle.manifest
     spec = m.inputs[0]
-    x = runner.example(spec).astype(np.float32)
+    x = example(spec).astype(np.float32)
     if spec.image and spec.image.size is None:
         x = np.zeros((1, 1, 256, 256), dtype=np.float32)
     x[...] = np.random.default_rng(1).random(x.shape, dtype=np.float32)
@@ -97,7 +98,7 @@ def measure(bundle: bundles.Bundle, rounds: int, runs: int) -> list[dict]:
     for _ in range(rounds):  # alternate artifacts every round
         for artifact in m.artifacts:
             for threads in (1, 2):
-                options = runner.session_options(threads, artifact)
+                options = sessions.options(threads, artifact)
                 started = time.perf_counter()
                 session = ort.InferenceSession(str(bundle.path(artifact)), sess_options=options,
                                                providers=["CPUExecutionProvider"])

@@ -1,6 +1,6 @@
 """Helper of bench/coldstart.py: ONE fresh process times ONE piece of onnxfn's cold path and
-prints a JSON line. It calls onnxfn's own functions (runner.resolve, runner.session_options,
-runner.example, store._client, bundle.sha256_file) in the order runner.load() does, so the
+prints a JSON line. It calls onnxfn's own functions (source.resolve, session.options,
+model.example, store._client, bundle.sha256_file) in the order loader.load() does, so the
 figures split the function's `load` into fetch / session creation / warm-up without touching
 shared/. Configuration comes from the environment, exactly as for the function
 (MODEL_URI, ONNXFN_BAKED_BUNDLE, ONNXFN_CACHE_DIR, ONNXFN_THREADS, AWS_*).
@@ -9,10 +9,10 @@ shared/. Configuration comes from the environment, exactly as for the function
 
 MODE
   import        `import onnxruntime` alone (after what the function has imported by then)
-  fetch         runner.resolve() alone (onnxruntime never imported)
+  fetch         source.resolve() alone (onnxruntime never imported)
   serial        import onnxruntime, THEN resolve, session, _check, warm-up, one more run
   overlap       import onnxruntime in a thread || resolve, join, session, _check, warm-up, one more run (the
-                alternative to runner.load(), which fetches, then imports under runner.IMPORTS)
+                alternative to loader.load(), which fetches, then imports under session.IMPORTS)
   costs_s3      `import boto3` and onnxfn's boto3 client creation
   costs_misc    `import urllib.request`, `import PIL.Image`, `import pydicom`, sha256 of the artifact
   session VARIANT [PATH]  session creation + two runs with onnxfn's options ("onnxfn") or a variant:
@@ -39,8 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared"))
 
 
-COLD_PATH = ("__init__", "fn", "app", "logs", "errors", "settings", "service", "cpu", "payload", "postprocess",
-             "preprocess", "tensor", "runner", "bundle", "manifest", "cache", "store", "image")
+COLD_PATH = ("__init__", "fn", "app", "logs", "errors", "settings", "service", "runtime/cpu", "codecs/payload",
+             "tasks/postprocess", "tasks/preprocess", "codecs/tensor", "runtime/loader", "runtime/model",
+             "runtime/session", "runtime/selection", "bundles/bundle", "bundles/manifest", "bundles/cache",
+             "bundles/source", "storage/store", "codecs/image")
 
 
 def ms(since: float) -> float:
@@ -59,18 +61,19 @@ def hwm() -> float:
 
 def session_and_runs(out: dict, bundle, threads: int, options=None, path: str | None = None) -> None:
     import onnxruntime as ort
-    from onnxfn.runtime import loader as runner
+    from onnxfn.runtime import session as sessions
+    from onnxfn.runtime.model import example
     artifact = bundle.manifest.portable
     t = time.perf_counter()
     session = ort.InferenceSession(path or str(bundle.path(artifact)),
-                                   sess_options=options or runner.session_options(threads),
+                                   sess_options=options or sessions.options(threads),
                                    providers=["CPUExecutionProvider"])
     out["session_ms"] = ms(t)
     out["hwm_after_session_mb"] = hwm()
     t = time.perf_counter()
-    runner._check(bundle.manifest, session)
+    sessions.check(bundle.manifest, session)
     out["check_ms"] = ms(t)
-    feeds = {spec.name: runner.example(spec) for spec in bundle.manifest.inputs}
+    feeds = {spec.name: example(spec) for spec in bundle.manifest.inputs}
     t = time.perf_counter()
     session.run(None, feeds)
     out["warmup_ms"] = ms(t)          # the first run of a new session
@@ -88,7 +91,8 @@ def main(argv: list[str]) -> int:
     t = time.perf_counter()
     from onnxfn import service
     from onnxfn.bundles import bundle as bundles
-    from onnxfn.runtime import loader as runner  # noqa: F401  (what the function holds when load() starts)
+    from onnxfn.bundles import source
+    from onnxfn.runtime import loader  # noqa: F401  (what the function holds when load() starts)
     from onnxfn.settings import Settings
     out["pre_import_ms"] = ms(t)
     out["hwm_after_pre_import_mb"] = hwm()
@@ -103,7 +107,7 @@ def main(argv: list[str]) -> int:
         out["hwm_after_import_ort_mb"] = hwm()
     elif mode == "fetch":
         t, c = time.perf_counter(), time.process_time()
-        bundle, out["source"] = runner.resolve(settings, deadline)
+        bundle, out["source"] = source.resolve(settings, deadline)
         out["fetch_ms"] = ms(t)
         out["cpu_fetch_ms"] = cpu(c)
         out["ort_imported"] = "onnxruntime" in sys.modules
@@ -113,7 +117,7 @@ def main(argv: list[str]) -> int:
         import onnxruntime  # noqa: F401
         out["import_ort_ms"] = ms(t0)
         t = time.perf_counter()
-        bundle, out["source"] = runner.resolve(settings, deadline)
+        bundle, out["source"] = source.resolve(settings, deadline)
         out["fetch_ms"] = ms(t)
         out["import_plus_fetch_ms"] = ms(t0)
         out["cpu_import_plus_fetch_ms"] = cpu(c0)
@@ -130,7 +134,7 @@ def main(argv: list[str]) -> int:
         t0, c0 = time.perf_counter(), time.process_time()
         thread = threading.Thread(target=engine, daemon=True)
         thread.start()
-        bundle, out["source"] = runner.resolve(settings, deadline)
+        bundle, out["source"] = source.resolve(settings, deadline)
         fetched = time.perf_counter()
         out["fetch_ms"] = round((fetched - t0) * 1000, 3)
         thread.join()
@@ -177,7 +181,8 @@ def main(argv: list[str]) -> int:
         variant, path = argv[2], None
         out["variant"] = variant
         bundle = bundles.load(Path(settings.baked_bundle), eager=False)
-        options = runner.session_options(threads)
+        from onnxfn.runtime import session as sessions
+        options = sessions.options(threads)
         level = ort.GraphOptimizationLevel
         if variant == "offline_optimised":   # argv[3]: the model saved by ORT_ENABLE_ALL, loaded as is
             options.graph_optimization_level, path = level.ORT_DISABLE_ALL, argv[3]

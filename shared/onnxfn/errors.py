@@ -1,9 +1,11 @@
 """One family of errors. Each carries its HTTP status, a stable code and a message
-that says what was wrong and what to do; `app.py` turns them into answers."""
+that says what was wrong and what to do; `body()` is the one shape every answer, log line
+and event error record gives them."""
 from __future__ import annotations
 
 
 class OnnxfnError(Exception):
+    """The base of every error onnxfn answers with: an HTTP status, a stable code and a message."""
     status = 500
     code = "internal_error"
 
@@ -15,8 +17,16 @@ class OnnxfnError(Exception):
         if status:
             self.status = status
 
-    def to_dict(self) -> dict:
-        return {"status": self.status, "code": self.code, "message": self.message}
+    def body(self, **extra) -> dict:
+        """The error as answers carry it: ``{"error": message, "code": code, "status": status, **extra}``."""
+        return {"error": self.message, "code": self.code, "status": self.status, **extra}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer needs: ``Allow`` for 405, ``Retry-After`` for 503."""
+        headers = {}
+        if self.status == 503:
+            headers["Retry-After"] = "2"
+        return headers
 
 
 class BadRequest(OnnxfnError):
@@ -33,6 +43,9 @@ class MethodNotAllowed(OnnxfnError):
     def __init__(self, message: str, allowed: tuple[str, ...]):
         super().__init__(message)
         self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
 
 
 class PayloadTooLarge(OnnxfnError):
