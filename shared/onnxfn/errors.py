@@ -5,7 +5,8 @@ from __future__ import annotations
 
 
 class OnnxfnError(Exception):
-    """The base of every error onnxfn answers with: an HTTP status, a stable code and a message."""
+    """The base of every error onnxfn answers with: an HTTP status, a stable code and a message. Raised as
+    itself only for an unexpected failure (a bug): report it with the call id from the log."""
     status = 500
     code = "internal_error"
 
@@ -30,14 +31,19 @@ class OnnxfnError(Exception):
 
 
 class BadRequest(OnnxfnError):
+    """The request is wrong: an empty, corrupt or truncated image, malformed JSON or base64, a bad OIP request,
+    an input the model cannot take. Fix the request as the message says; retrying it unchanged fails again."""
     status, code = 400, "bad_request"
 
 
 class NotFound(OnnxfnError):
+    """No such route, model or version here: call a route this function has, with the model name and version
+    it serves (the message names them)."""
     status, code = 404, "not_found"
 
 
 class MethodNotAllowed(OnnxfnError):
+    """The route exists but not with this HTTP method: use one of those the `Allow` header lists."""
     status, code = 405, "method_not_allowed"
 
     def __init__(self, message: str, allowed: tuple[str, ...]):
@@ -49,46 +55,60 @@ class MethodNotAllowed(OnnxfnError):
 
 
 class PayloadTooLarge(OnnxfnError):
+    """The body, or the image its header declares, is over ONNXFN_MAX_BODY_BYTES or ONNXFN_MAX_PIXELS (checked
+    before decoding): send a smaller image, or raise the limit."""
     status, code = 413, "payload_too_large"
 
 
 class UnsupportedMediaType(OnnxfnError):
+    """The body is in a format onnxfn cannot decode (unknown type and bytes, DICOM without pixel data or in a
+    transfer syntax no installed decoder handles): send a supported format, or install the decoder named."""
     status, code = 415, "unsupported_media_type"
 
 
 class ConfigError(OnnxfnError):
-    """The function's configuration (environment) is wrong: fix it and redeploy."""
+    """The function's configuration (environment) is wrong, or storage refused its credentials; the message
+    names the variable. Fix the configuration; a retry alone fails again."""
     status, code = 500, "configuration_error"
 
 
 class BundleError(OnnxfnError):
-    """The model bundle is invalid: its manifest, an artifact or its checksum."""
+    """The model bundle is invalid: its manifest, an artifact, its checksum or its pin; the message names the
+    field or the artifact. Nothing is cached: repackage or fix the bundle, and the next call loads it again."""
     status, code = 500, "bundle_error"
 
 
 class InferenceError(OnnxfnError):
+    """onnxruntime failed to run the model, or its output does not fit the task the manifest declares: the
+    bundle does not match the model; fix the manifest or the model."""
     status, code = 500, "inference_failed"
 
 
 class ServiceUnavailable(OnnxfnError):
+    """The function cannot answer now, for a reason that passes: retry after the `Retry-After` seconds."""
     status, code = 503, "unavailable"
 
 
 class StorageUnavailable(OnnxfnError):
-    """Object storage could not be reached or failed (5xx, timeout): transient, retried; the next call recovers."""
+    """Object storage could not be reached or failed (5xx, timeout), after retries within the call's deadline:
+    retry after `Retry-After`; the next call recovers once storage is back. With status 502 (`storage_error`)
+    storage refused the request for a reason that is not transient: check the bucket, key and policy."""
     status, code = 503, "storage_unavailable"
 
 
 class LoadTimeout(OnnxfnError):
-    """The model could not be loaded before the call's deadline; loading goes on for the next call."""
+    """The model could not be loaded before the call's deadline (a cold start); loading goes on: retry after
+    `Retry-After`, and the next call gets the model."""
     status, code = 503, "model_loading"
 
 
 class ObjectMissing(BundleError):
-    """A bucket or object that storage says does not exist."""
+    """A bucket or object that storage says does not exist: check MODEL_URI (or the event's object) and that
+    the credentials may see the bucket."""
     code = "bundle_not_found"
 
 
 class PreconditionFailed(OnnxfnError):
-    """A conditional write lost: the object changed or already exists."""
+    """A conditional write lost: the object changed or already exists. Event processing handles it (a
+    concurrent delivery wrote the result); callers do not see it."""
     status, code = 412, "precondition_failed"

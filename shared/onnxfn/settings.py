@@ -16,24 +16,29 @@ DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "digits-cnn"
 @dataclass(frozen=True)
 class Settings:
     model_uri: str = str(DEMO_MODEL)
-    """MODEL_URI: the model bundle: a folder path or file:// URI."""
+    """MODEL_URI: the model bundle: a folder, file://, s3://bucket/prefix/, oci://bucket@namespace/prefix/ or a
+    pre-authenticated (PAR) https:// URL ending in /. The default is the demo bundle models/digits-cnn."""
     model_sha256: str = ""
     """MODEL_SHA256: pins the bundle: the sha256 of its manifest.json (which pins every artifact). A pinned
     bundle is never revalidated, and a bundle that does not match is refused."""
     baked_bundle: str = "/function/bundle"
-    """ONNXFN_BAKED_BUNDLE: a bundle folder inside the function image, used first when present."""
+    """ONNXFN_BAKED_BUNDLE: a bundle folder inside the function image, used first when present and never
+    revalidated (with MODEL_SHA256 set, one that does not match is ignored and MODEL_URI is used)."""
     cache_dir: str = "/tmp/onnxfn"
     """ONNXFN_CACHE_DIR: where remote bundles are cached (Oracle Functions: /tmp is the only writable folder)."""
     cache_bytes: int = 0
-    """ONNXFN_CACHE_BYTES: cache size cap; 0 takes 80% of /tmp (a quarter of FN_MEMORY on Oracle Functions)."""
+    """ONNXFN_CACHE_BYTES: cache size cap, least-recently-used artifacts evicted above it; 0 takes 80% of /tmp
+    (a quarter of FN_MEMORY on Oracle Functions)."""
     revalidate_seconds: int = 300
     """ONNXFN_REVALIDATE_SECONDS: how often a warm container checks an unpinned bundle for a new version; 0 never."""
     deadline_margin_ms: int = 1000
-    """ONNXFN_DEADLINE_MARGIN_MS: answer this long before the call's Fn-Deadline when the model is still loading."""
+    """ONNXFN_DEADLINE_MARGIN_MS: a call still waiting for the model answers 503 model_loading this long before
+    its Fn-Deadline (the load goes on for the next call)."""
     oci_region: str = ""
     """ONNXFN_OCI_REGION: region of oci:// bundles (default: the resource principal's OCI_RESOURCE_PRINCIPAL_REGION)."""
     oci_endpoint: str = ""
-    """ONNXFN_OCI_ENDPOINT: overrides the S3-compatible endpoint derived from namespace and region."""
+    """ONNXFN_OCI_ENDPOINT: overrides the S3-compatible endpoint of oci:// URIs, derived from namespace and
+    region (dedicated endpoints, tests)."""
     s3_client: str = "auto"
     """ONNXFN_S3_CLIENT: how s3:// and oci:// are spoken: auto uses onnxfn's lean SigV4 client for oci:// and
     S3-compatible endpoints with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, boto3 otherwise;
@@ -41,16 +46,19 @@ class Settings:
     storage_timeout: int = 20
     """ONNXFN_STORAGE_TIMEOUT: seconds a storage request may wait for the server."""
     output_uri: str = ""
-    """OUTPUT_URI: where event-triggered results go (s3://bucket/prefix/ or oci://bucket@namespace/prefix/);
-    empty writes them under results/ in the source object's bucket."""
+    """OUTPUT_URI: where event-triggered results go (s3://bucket/prefix/ or oci://bucket@namespace/prefix/; a
+    prefix is required); empty writes them under results/ in the source object's bucket."""
     max_body_bytes: int = 6 * 1024 * 1024
-    """ONNXFN_MAX_BODY_BYTES: largest request body accepted (Oracle Functions caps invoke bodies at 6 MB)."""
+    """ONNXFN_MAX_BODY_BYTES: largest request body or event object accepted, 413 above (Oracle Functions caps
+    invoke bodies at 6 MB)."""
     max_pixels: int = 4096 * 4096
-    """ONNXFN_MAX_PIXELS: largest image (width x height x frames), checked from the header before decoding."""
+    """ONNXFN_MAX_PIXELS: largest image (width x height x frames), checked from the header before decoding,
+    413 above."""
     top_k: int = 5
     """ONNXFN_TOP_K: how many labels a classification answer lists."""
     threads: int = 0
-    """ONNXFN_THREADS: intra-op threads; 0 sizes them from the container's CPU quota."""
+    """ONNXFN_THREADS: intra-op threads; 0 sizes them from the container's CPU quota (cgroup cpu.max,
+    affinity)."""
     artifact: str = "auto"
     """ONNXFN_ARTIFACT: auto picks the best artifact this CPU satisfies; portable forces the plain .onnx;
     an artifact's path forces that one (falling back to the portable one if it fails to load)."""
