@@ -68,12 +68,14 @@ def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | Non
 def create(path: Path | str, threads: int = 1, artifact: Artifact | None = None, tuning: Tuning | None = None, *,
            session_options=None, providers: list | None = None, what: str | None = None):
     """An `InferenceSession` for the model at `path`, built with `options(threads, artifact, tuning)` unless
-    `session_options` are given, on the CPU provider unless `providers` are. A model onnxruntime cannot load
-    is a `BundleError` naming `what` (default: the artifact's path, else the file)."""
+    `session_options` are given, on the CPU provider unless `providers` are (names, or (name, provider
+    options) pairs, as onnxruntime takes them). A model onnxruntime cannot load is a `BundleError` naming
+    `what` (default: the artifact's path, else the file); onnxruntime's own error is its `__context__`."""
     ort = engine()
     try:
         return ort.InferenceSession(str(path),
-                                    sess_options=session_options or options(threads, artifact, tuning),
+                                    sess_options=session_options if session_options is not None
+                                    else options(threads, artifact, tuning),
                                     providers=providers or [CPU])
     except Exception as e:  # onnxruntime raises its own exception types
         name = what or (artifact.path if artifact is not None else str(path))

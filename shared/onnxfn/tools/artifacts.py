@@ -7,10 +7,12 @@
 - int8: static QDQ quantization with the bundle's calibration inputs and each target's settings
   (x86 with VNNI: U8/S8; x86 without: U8/S8 with reduce_range; arm64: S8/S8), then pre-optimized.
 
-Every artifact is checked against the portable model on the validation inputs: max abs
-difference for fp32; top-1 agreement (classification) or mask Dice (segmentation) for int8.
-One that misses its threshold is not packaged, and the report says why. Artifacts for a CPU
-class this machine does not belong to are checked here as a proxy and marked unverified."""
+Every artifact is checked against the portable model on the validation inputs by the one
+accuracy judge (`onnxfn.tools.accuracy`, absolute max abs bound): max abs difference for fp32;
+top-1 agreement (classification) or mask Dice (segmentation) for int8. One that misses its
+threshold is not packaged, and the report says why. Artifacts for a CPU class this machine does
+not belong to are checked here as a proxy and marked unverified. Sessions (to save an optimized
+graph, to check, to time) come from the one session factory, `onnxfn.runtime.session.create`."""
 from __future__ import annotations
 
 import tempfile
@@ -19,9 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxfn.runtime import cpu
+from onnxfn.bundles.manifest import Artifact, InputSpec, Manifest, Requirement
 from onnxfn.errors import BadRequest
-from onnxfn.bundles.manifest import InputSpec, Manifest, Requirement
+from onnxfn.runtime import cpu
+from onnxfn.runtime import session as sessions
+from onnxfn.tools.accuracy import Thresholds, compare, judge
+
+__all__ = ["INT8_TARGETS", "Derived", "Thresholds", "build", "default_int8_target", "own_class"]
 
 #: int8 targets: (name, requirement, activation type, reduce_range)
 INT8_TARGETS = {
@@ -32,17 +38,15 @@ INT8_TARGETS = {
 }
 
 
-@dataclass
-class Thresholds:
-    max_abs_diff: float = 1e-3     # fp32 artifacts vs the portable model
-    min_top1: float = 0.99         # int8 classification: top-1 agreement with the portable model
-    min_dice: float = 0.99         # int8 segmentation: Dice of masks vs the portable model's
-    max_rel_diff: float = 0.05     # int8 tensor models: max abs diff / max abs value
-    min_int8_speedup: float = 1.0  # int8 artifacts made for this CPU class must beat the portable model
+#: The packaging options each limit comes from, named when an artifact misses it.
+FLAGS = {"max_abs_diff": "--max-abs-diff", "agreement": "--min-top1", "dice": "--min-dice"}
+#: The manifest's names for the gating figures (an artifact's `accuracy`).
+RECORDED = {"agreement": "top1_agreement", "dice": "dice_vs_portable", "max_rel_diff": "max_rel_diff"}
 
 
 @dataclass
-class Candidate:
+class Derived:
+    """A derived artifact made for packaging, its accuracy figures and the gate's verdict."""
     path: Path
     kind: str
     requires: Requirement
@@ -51,6 +55,10 @@ class Candidate:
     accuracy: dict = field(default_factory=dict)
     accepted: bool = False
     reason: str = ""
+
+    def artifact(self) -> Artifact:
+        """The artifact as sessions see it (what decides their options: kind, pre-optimization, format)."""
+        return _checked(self.path, self.kind, self.preoptimized)
 
 
 def own_class() -> Requirement:
@@ -61,6 +69,7 @@ def own_class() -> Requirement:
 
 
 def default_int8_target() -> str:
+    """The int8 target for this machine's CPU class (a name of INT8_TARGETS)."""
     features = set(cpu.features() or ())
     if cpu.arch() == "aarch64":
         return "aarch64"
@@ -73,19 +82,20 @@ def default_int8_target() -> str:
 
 def optimize(source: Path, out: Path, level: str) -> Path:
     """Save the graph optimized at `level`; an .ort path saves ORT format (memory-mappable, fastest to load)."""
-    import onnxruntime as ort
+    ort = sessions.engine()
     options = ort.SessionOptions()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     options.optimized_model_filepath = str(out)
     if out.suffix == ".ort":
         options.add_session_config_entry("session.save_model_format", "ORT")
     options.log_severity_level = 3
-    ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
+    sessions.create(source, session_options=options)
     return out
 
 
 def quantize(source: Path, out: Path, spec: InputSpec, calibration: list[np.ndarray], activation: str,
              reduce_range: bool) -> Path:
+    """Static QDQ int8 quantization of `source` with the `calibration` inputs, saved at `out`."""
     try:
         from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                               quantize_static)
@@ -109,67 +119,47 @@ def quantize(source: Path, out: Path, spec: InputSpec, calibration: list[np.ndar
     return out
 
 
-def session(model: Path, preoptimized: bool, threads: int = 1):
-    """A plain session for checking an artifact (pre-optimized ones are not optimized again)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    if preoptimized:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if model.suffix == ".ort":
-        options.add_session_config_entry("session.load_model_format", "ORT")
-    return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+def _checked(model: Path, kind: str = "portable", preoptimized: bool = False) -> Artifact:
+    return Artifact(path=Path(model).name, sha256="0" * 64, size=0, kind=kind, preoptimized=preoptimized)
 
 
-def outputs(model: Path, spec: InputSpec, inputs: list[np.ndarray], output: str, preoptimized: bool) -> np.ndarray:
-    runner = session(model, preoptimized)
+def session(model: Path, artifact: Artifact | None = None, threads: int = 1):
+    """A session for checking an artifact, with the options the function would build for it
+    (pre-optimized ones are not optimized again; .ort ones are memory-mapped)."""
+    return sessions.create(model, threads, artifact or _checked(model))
+
+
+def outputs(model: Path, spec: InputSpec, inputs: list[np.ndarray], output: str,
+            artifact: Artifact | None = None) -> np.ndarray:
+    """The model's `output` on each input, concatenated (flattened when the shapes vary)."""
+    runner = session(model, artifact)
     results = [runner.run([output], {spec.name: x})[0] for x in inputs]
     if len({r.shape[1:] for r in results}) == 1:
         return np.concatenate(results)
     return np.concatenate([r.reshape(-1) for r in results])  # kept-size models: flatten the varying shapes
 
 
-def judge(candidate: Candidate, manifest: Manifest, reference: np.ndarray, got: np.ndarray,
-          limits: Thresholds) -> None:
-    """Compare an artifact's outputs with the portable model's; record the figures and the verdict."""
-    diff = float(np.max(np.abs(got.astype(np.float64) - reference))) if reference.size else 0.0
-    candidate.accuracy["max_abs_diff"] = diff
-    candidate.accuracy["samples"] = int(len(reference))
-    if candidate.kind != "int8":
-        candidate.accepted = diff <= limits.max_abs_diff
-        candidate.reason = "" if candidate.accepted else \
-            f"max abs difference {diff:.3g} exceeds {limits.max_abs_diff:g} (--max-abs-diff)"
-        return
-    if manifest.task == "classification":
-        agreement = float(np.mean(np.argmax(got, axis=-1) == np.argmax(reference, axis=-1)))
-        candidate.accuracy["top1_agreement"] = agreement
-        candidate.accepted = agreement >= limits.min_top1
-        candidate.reason = "" if candidate.accepted else \
-            f"top-1 agreement {agreement:.4f} is below {limits.min_top1:g} (--min-top1)"
-    elif manifest.task == "segmentation":
-        out = manifest.primary_output
-        if out.decision == "argmax":
-            a, b = np.argmax(got, axis=1) > 0, np.argmax(reference, axis=1) > 0
-        else:
-            a, b = got > 0 if out.activation == "sigmoid" else got > out.threshold, \
-                reference > 0 if out.activation == "sigmoid" else reference > out.threshold
-        total = int(a.sum() + b.sum())
-        dice = 1.0 if total == 0 else 2 * float(np.logical_and(a, b).sum()) / total
-        candidate.accuracy["dice_vs_portable"] = dice
-        candidate.accepted = dice >= limits.min_dice
-        candidate.reason = "" if candidate.accepted else f"mask Dice {dice:.4f} is below {limits.min_dice:g} (--min-dice)"
-    else:
-        scale = float(np.max(np.abs(reference))) or 1.0
-        candidate.accuracy["max_rel_diff"] = diff / scale
-        candidate.accepted = diff / scale <= limits.max_rel_diff
-        candidate.reason = "" if candidate.accepted else \
-            f"relative difference {diff / scale:.3g} exceeds {limits.max_rel_diff:g}"
+def gate(candidate: Derived, manifest: Manifest, reference: np.ndarray, got: np.ndarray,
+         limits: Thresholds) -> None:
+    """Hold an artifact's outputs to the portable model's (the one judge, absolute max abs bound);
+    record the figures (max abs difference, samples, and for int8 the figure that gates it) and the verdict."""
+    task = manifest.task
+    figures = compare(reference, got, agreement="last" if task == "classification" else None,
+                      mask=manifest.primary_output if task == "segmentation" else None)
+    verdict = judge(figures, limits, kind=candidate.kind, task=task, names=("artifact", "portable model"),
+                    flags=FLAGS)
+    candidate.accuracy["max_abs_diff"] = figures.max_abs_diff
+    candidate.accuracy["samples"] = int(figures.samples)
+    if candidate.kind == "int8":
+        for check in verdict.checks:
+            candidate.accuracy[RECORDED[check.figure]] = check.value
+    candidate.accepted = verdict.ok
+    candidate.reason = "; ".join(verdict.failures)
 
 
 def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[str], int8_targets: list[str],
           calibration: list[np.ndarray] | None, validation: list[np.ndarray] | None,
-          limits: Thresholds, ort_format: bool = True) -> list[Candidate]:
+          limits: Thresholds, ort_format: bool = True) -> list[Derived]:
     """Make, check and return the requested derived artifacts (accepted or not) in `work`."""
     spec = manifest.inputs[0]
     if int8_targets and calibration is None:
@@ -187,7 +177,7 @@ def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[
         checks = [rng.random(example(spec).shape, dtype=np.float32) for _ in range(8)]
     checks = [x.astype(spec.dtype, copy=False) for x in checks]
     output = manifest.primary_output.name
-    reference = outputs(portable, spec, checks, output, preoptimized=False)
+    reference = outputs(portable, spec, checks, output)
     here, mine = cpu.arch(), own_class()
     candidates = []
     for target in optimize_for:
@@ -198,7 +188,7 @@ def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[
         label = f"{requires.arch}{'-' + requires.features[0] if requires.features else ''}"
         suffix = ".ort" if native and ort_format else ".onnx"  # ORT format is saved for this machine's class only
         path = optimize(portable, work / f"model.{label}.opt{suffix}", "ORT_ENABLE_ALL" if native else "ORT_ENABLE_EXTENDED")
-        candidates.append(Candidate(path, "optimized", requires, True, native))
+        candidates.append(Derived(path, "optimized", requires, True, native))
     for target in int8_targets:
         requires, activation, reduce_range = INT8_TARGETS[target]
         raw = quantize(portable, work / f"model.{target}.int8.raw.onnx", spec, calibration, activation, reduce_range)
@@ -206,14 +196,14 @@ def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[
         suffix = ".ort" if native and ort_format else ".onnx"
         path = optimize(raw, work / f"model.{target}.int8{suffix}", "ORT_ENABLE_ALL" if native else "ORT_ENABLE_EXTENDED")
         raw.unlink()
-        candidates.append(Candidate(path, "int8", requires, True, native))
+        candidates.append(Derived(path, "int8", requires, True, native))
     for candidate in candidates:
-        got = outputs(candidate.path, spec, checks, output, candidate.preoptimized)
-        judge(candidate, manifest, reference, got, limits)
+        got = outputs(candidate.path, spec, checks, output, candidate.artifact())
+        gate(candidate, manifest, reference, got, limits)
         if not candidate.verified:
             candidate.accuracy["checked_on"] = here
         elif candidate.accepted and candidate.kind == "int8":
-            speedup = speed(portable, candidate.path, spec, checks[0])
+            speedup = speed(portable, candidate, spec, checks[0])
             candidate.accuracy["speedup_vs_portable"] = speedup
             if speedup < limits.min_int8_speedup:
                 candidate.accepted = False
@@ -223,15 +213,16 @@ def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[
     return candidates
 
 
-def speed(portable: Path, candidate: Path, spec: InputSpec, x: np.ndarray, rounds: int = 5, runs: int = 5) -> float:
+def speed(portable: Path, candidate: Derived, spec: InputSpec, x: np.ndarray, rounds: int = 5,
+          runs: int = 5) -> float:
     """The candidate's speed relative to the portable model at one thread (medians, alternated)."""
     import time
-    sessions = [session(portable, False), session(candidate, True)]
-    for runner in sessions:
+    runners = [session(portable), session(candidate.path, candidate.artifact())]
+    for runner in runners:
         runner.run(None, {spec.name: x})
     times: list[list[float]] = [[], []]
     for _ in range(rounds):
-        for i, runner in enumerate(sessions):
+        for i, runner in enumerate(runners):
             for _ in range(runs):
                 started = time.perf_counter()
                 runner.run(None, {spec.name: x})

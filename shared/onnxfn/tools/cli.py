@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _package(args) -> int:
-    from onnxfn.tools.artifacts import Thresholds, default_int8_target
+    from onnxfn.tools.accuracy import Thresholds
+    from onnxfn.tools.artifacts import default_int8_target
     from onnxfn.tools.package import Options, build
     image = {k: v for k, v in {
         "color": args.color, "size": args.size, "pad_multiple": args.pad_multiple, "fit": args.fit,

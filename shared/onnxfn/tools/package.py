@@ -13,14 +13,15 @@ import numpy as np
 from onnxfn.bundles import bundle as bundles
 from onnxfn.bundles import manifest as mf
 from onnxfn.errors import BadRequest, BundleError
-from onnxfn.runtime.session import ORT_TYPES
+from onnxfn.runtime import session as sessions
 
 if TYPE_CHECKING:
-    from onnxfn.tools.artifacts import Thresholds
+    from onnxfn.tools.accuracy import Thresholds
 
 
 @dataclass
 class Options:
+    """What `onnxfn package` is asked for: the manifest's fields, derived artifacts and their accuracy gate."""
     name: str | None = None
     version: str = "1"
     task: str = "tensor"
@@ -44,19 +45,19 @@ class Options:
 
 def describe(model: Path) -> tuple[list[dict], list[dict]]:
     """The model's inputs and outputs as manifest entries (name, dtype, shape)."""
-    import onnxruntime as ort
     try:
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise BundleError(f"onnxruntime cannot load {str(model)!r}: {e}", code="artifact_invalid") from None
+        session = sessions.create(model, 1, what=str(model))
+    except BundleError as e:  # the factory's sentence says "artifact"; this is a bare model
+        raise BundleError(e.message.replace(" artifact ", " ", 1), code="artifact_invalid") from None
 
     def entry(node) -> dict:
         shape = [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d else -1) for d in node.shape]
-        return {"name": node.name, "dtype": ORT_TYPES.get(node.type, "string"), "shape": shape}
+        return {"name": node.name, "dtype": sessions.dtype(node.type), "shape": shape}
     return [entry(i) for i in session.get_inputs()], [entry(o) for o in session.get_outputs()]
 
 
 def guess_layout(shape: list) -> str | None:
+    """The likely layout of an input of this shape (NF, NCHW, NHWC, NHW, CHW), or None."""
     rank = len(shape)
     if rank == 2:
         return "NF"
@@ -72,6 +73,7 @@ def guess_layout(shape: list) -> str | None:
 
 
 def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
+    """Write a bundle for `model` at `out` (with the derived artifacts that pass the accuracy gate); it must load."""
     model = Path(model)
     if not model.is_file():
         raise BadRequest(f"model file {str(model)!r} does not exist")
@@ -133,12 +135,13 @@ def _artifact_entry(artifact: mf.Artifact) -> dict:
 def _derived(model: Path, manifest: mf.Manifest, work: Path, options: Options, files: dict) -> list[dict]:
     """Build the requested optimized/int8 artifacts; keep those that pass the accuracy gate."""
     from onnxfn.tools import artifacts
+    from onnxfn.tools.accuracy import Thresholds
     spec = manifest.inputs[0]
     calibration = load_inputs(options.calibration, spec) if options.calibration else None
     validation = load_inputs(options.validation, spec) if options.validation else None
     candidates = artifacts.build(model, manifest, work, optimize_for=options.optimize_for,
                                  int8_targets=options.int8, calibration=calibration, validation=validation,
-                                 limits=options.thresholds or artifacts.Thresholds(), ort_format=options.ort_format)
+                                 limits=options.thresholds or Thresholds(), ort_format=options.ort_format)
     entries = []
     for c in candidates:
         figures = ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.accuracy.items())

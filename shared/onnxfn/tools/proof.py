@@ -4,9 +4,9 @@ The source framework's own outputs on a set of inputs are saved next to the inpu
 files, written by the training script). Proving runs the bundle's portable `.onnx` with
 onnxruntime (the serving session options, one thread) on the same inputs, feeding the bundle's
 first input, and compares the bundle's primary output (the one the task reads) with the saved
-outputs:
+outputs with the one accuracy judge (`onnxfn.tools.accuracy`), gated on two figures at once:
 
-- the largest absolute difference, element by element, must not exceed `max_abs`;
+- the largest absolute difference, element by element, must not exceed `max_abs` (absolute);
 - the argmax over axis 1 (the class axis of `[N, C, ...]` outputs) must agree on at least
   `min_agreement` of the positions.
 
@@ -23,15 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from onnxfn.bundles import bundle as bundles
-from onnxfn.errors import BadRequest, BundleError
+from onnxfn.errors import BadRequest
+from onnxfn.tools.accuracy import Thresholds, compare, judge
 
 MAX_ABS = 1e-4
 MIN_AGREEMENT = 0.995
 CHUNK = 256  # samples per session.run
+GATES = ("max_abs_diff", "agreement")  # a proof holds both figures, whatever the task
 
 
 @dataclass
 class Result:
+    """A proof's figures, limits and failures (none: passed)."""
     bundle: Path
     framework: str
     output: str
@@ -51,10 +54,12 @@ class Result:
 
     @property
     def passed(self) -> bool:
+        """No figure missed its limit."""
         return not self.failures
 
     @property
     def proof(self) -> dict:
+        """What `record` writes into the manifest as `proof`."""
         return {"framework": self.framework, "inputs_sha256": self.inputs_sha256, "samples": self.samples,
                 "max_abs_diff": _sig(self.max_abs_diff), "argmax_agreement": round(self.argmax_agreement, 6),
                 "onnxruntime": self.onnxruntime, "output": self.output, "outputs_sha256": self.outputs_sha256,
@@ -62,6 +67,7 @@ class Result:
                 "limits": {"max_abs": self.max_abs, "min_agreement": self.min_agreement}}
 
     def report(self) -> str:
+        """Each figure against its limit (ok or MISS), then the failures, for the terminal."""
         verdict = "PASSED" if self.passed else "FAILED"
         lines = [f"{self.bundle.name}: {verdict} against {self.framework} on {self.samples} samples "
                  f"(output {self.output!r}, onnxruntime {self.onnxruntime})"]
@@ -117,8 +123,7 @@ def _fits(shape: tuple[int, ...], model_shape: list) -> bool:
 def check(root: Path, inputs: Path, outputs: Path, framework: str, *, max_abs: float = MAX_ABS,
           min_agreement: float = MIN_AGREEMENT) -> Result:
     """Compare the bundle's ONNX model with its source framework's saved outputs; writes nothing."""
-    import onnxruntime as ort
-    from onnxfn.runtime.session import ORT_TYPES, options as session_options
+    from onnxfn.runtime import session as sessions
 
     root = Path(root)
     if not framework or not framework.strip():
@@ -135,11 +140,7 @@ def check(root: Path, inputs: Path, outputs: Path, framework: str, *, max_abs: f
 
     manifest = bundle.manifest
     artifact = manifest.portable
-    try:
-        session = ort.InferenceSession(str(bundle.path(artifact)), sess_options=session_options(1),
-                                       providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise BundleError(f"onnxruntime cannot load artifact {artifact.path!r}: {e}", code="artifact_invalid") from None
+    session = sessions.create(bundle.path(artifact), 1, what=artifact.path)
     nodes = {i.name: i for i in session.get_inputs()}
     if len(nodes) != 1:
         raise BadRequest(f"prove feeds one input, but the model takes {len(nodes)}: {', '.join(nodes)}")
@@ -150,7 +151,7 @@ def check(root: Path, inputs: Path, outputs: Path, framework: str, *, max_abs: f
         raise BadRequest(f"inputs file {str(inputs)!r} holds shape {list(x.shape)}, but the model's input "
                          f"{node.name!r} takes {_dims(node.shape)}{layout}: save the inputs in that shape",
                          code="shape_mismatch")
-    want = np.dtype(ORT_TYPES.get(node.type, "float32"))
+    want = np.dtype(sessions.ORT_TYPES.get(node.type, "float32"))
     if x.dtype != want:
         if x.dtype.kind != want.kind or want.kind not in "fc":  # float64 -> float32 is fine; pixels are not
             hint = ": save them as the model takes them (image pixels scaled, e.g. / 255)" if want.kind == "f" else ""
@@ -185,35 +186,15 @@ def check(root: Path, inputs: Path, outputs: Path, framework: str, *, max_abs: f
                          f"{out!r} ({_dims(out_node.shape)}) gives {list(got.shape)} on these inputs",
                          code="shape_mismatch")
 
-    a, b = got.astype(np.float64), y.astype(np.float64)
-    diff = np.abs(a - b)
-    failures = []
-    if not np.isfinite(diff).all():
-        bad = int((~np.isfinite(diff)).sum())
-        worst = tuple(int(i) for i in np.argwhere(~np.isfinite(diff))[0])
-        max_diff = float("inf")
-        failures.append(f"max abs difference: {bad} value(s) are not finite (NaN or inf) in the model's or the "
-                        f"framework's outputs, first at index {list(worst)}")
-    else:
-        worst = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape))
-        max_diff = float(diff[worst])
-        if max_diff > max_abs:
-            failures.append(f"max abs difference {_fmt(max_diff)} exceeds the limit {_fmt(max_abs)} by "
-                            f"{_fmt(max_diff - max_abs)} at index {list(worst)}: onnxruntime {a[worst]:.7g}, "
-                            f"{framework.strip()} {b[worst]:.7g}")
-    agree = a.argmax(axis=1) == b.argmax(axis=1)
-    agreement = float(agree.mean())
-    disagreements = int(agree.size - agree.sum())
-    if agreement < min_agreement:
-        first = [int(i) for i in np.argwhere(~agree)[:5, 0]]
-        failures.append(f"argmax agreement {agreement:.4f} is below the limit {min_agreement} by "
-                        f"{min_agreement - agreement:.4f} ({disagreements} of {agree.size} differ; "
-                        f"first samples {first})")
+    figures = compare(y, got, agreement="axis1")
+    verdict = judge(figures, Thresholds(max_abs_diff=max_abs, min_top1=min_agreement), gates=GATES,
+                    names=("onnxruntime", framework.strip()))
     return Result(bundle=root, framework=framework.strip(), output=out, samples=int(x.shape[0]),
-                  max_abs_diff=max_diff, worst=worst, argmax_agreement=agreement, disagreements=disagreements,
-                  positions=int(agree.size), max_abs=max_abs, min_agreement=min_agreement,
-                  inputs_sha256=_sha256(Path(inputs)), outputs_sha256=_sha256(Path(outputs)),
-                  model_sha256=artifact.sha256, onnxruntime=ort.__version__, failures=failures)
+                  max_abs_diff=figures.max_abs_diff, worst=figures.worst, argmax_agreement=figures.agreement,
+                  disagreements=figures.disagreements, positions=figures.positions, max_abs=max_abs,
+                  min_agreement=min_agreement, inputs_sha256=_sha256(Path(inputs)),
+                  outputs_sha256=_sha256(Path(outputs)), model_sha256=artifact.sha256,
+                  onnxruntime=sessions.engine().__version__, failures=verdict.failures)
 
 
 def record(root: Path, proof: dict) -> bundles.Bundle:

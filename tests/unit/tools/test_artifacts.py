@@ -12,7 +12,7 @@ from onnxfn.bundles import bundle as bundles
 from onnxfn.runtime import cpu
 from onnxfn.runtime import loader as runner
 from onnxfn.runtime.selection import choose
-from onnxfn.tools.artifacts import Thresholds
+from onnxfn.tools.accuracy import Thresholds
 from onnxfn.errors import BadRequest, BundleError
 from onnxfn.bundles.manifest import Requirement
 from onnxfn.tools.package import Options, build
