@@ -9,12 +9,13 @@ import io
 import re
 import time
 
-from onnxfn.app import App, Request
+from onnxfn.app import App, Reply, Request
 
 _app: App | None = None
 
 
 def app() -> App:
+    """The container's one app, made on the first call."""
     global _app
     if _app is None:
         _app = App()
@@ -22,6 +23,7 @@ def app() -> App:
 
 
 def request(ctx, data: io.BytesIO | None) -> Request:
+    """The fdk's call as a `Request`: a gateway call's method, URL and HTTP headers, or a direct invocation."""
     headers = ctx.Headers() or {}
     gateway = _first(headers.get("fn-intent")) == "httprequest"
     source = ctx.HTTPHeaders() if gateway else headers
@@ -76,7 +78,7 @@ def events_handler(ctx, data: io.BytesIO = None):
     from onnxfn.errors import BadRequest
     from onnxfn.events.envelopes import is_event
     call = request(ctx, data)
-    call.gateway, call.kind = False, "event"
+    call.gateway = False
     try:
         document = json.loads(call.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -96,12 +98,12 @@ def _respond(ctx, call: Request, error=None):
     return Response(ctx, response_data=reply.encoded(), headers=headers, status_code=_status(call, reply))
 
 
-def _status(call: Request, reply) -> int:
+def _status(call: Request, reply: Reply) -> int:
     """Gateway calls get their real status. Direct invocations are answered 200 with the outcome in the
     body, except an event whose storage or model failed: 502 makes the platform deliver it again."""
     if call.gateway:
         return reply.status
-    return 502 if call.kind == "event" and reply.status >= 500 else 200
+    return 502 if reply.route == "event" and reply.status >= 500 else 200
 
 
 def _first(value):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from onnxfn.codecs import payload, tensor
 from onnxfn.tasks import postprocess, preprocess
@@ -14,13 +15,25 @@ from onnxfn.runtime import session as sessions
 from onnxfn.settings import Settings
 
 
+@dataclass
+class Answer:
+    """What an inference call answers: the JSON body, and for the call's log line whether the call was
+    cold and where its time went (both are in the body too, where the protocol puts them)."""
+    body: dict
+    cold: bool
+    timings_ms: dict[str, float]
+
+
 class Timer:
+    """Milliseconds per step of one call, and the call's total."""
+
     def __init__(self):
         self.ms: dict[str, float] = {}
         self._start = time.perf_counter()
 
     @contextmanager
     def step(self, name: str):
+        """Time a block; a step timed twice adds up."""
         started = time.perf_counter()
         try:
             yield
@@ -28,10 +41,14 @@ class Timer:
             self.ms[name] = round((time.perf_counter() - started) * 1000 + self.ms.get(name, 0.0), 3)
 
     def total(self) -> dict[str, float]:
+        """Every step's time and the total since the timer was made."""
         return {**self.ms, "total": round((time.perf_counter() - self._start) * 1000, 3)}
 
 
 class Service:
+    """The core: predict (an image in, a task answer out), infer (OIP tensors in and out) and metadata,
+    over the container's one model."""
+
     def __init__(self, settings: Settings, runner: Runner | None = None):
         self.settings = settings
         self.runner = runner or Runner(settings)
@@ -39,6 +56,8 @@ class Service:
     # -- model ------------------------------------------------------------------------
     def model(self, timer: Timer | None = None, name: str | None = None, version: str | None = None,
               deadline: float | None = None, inference: bool = False) -> tuple[Model, bool]:
+        """The loaded model and whether this call was cold; a name or version it does not serve is a 404.
+        The load's time (and on a cold call its phases) go into `timer`."""
         started = time.perf_counter()
         model, cold = self.runner.get(deadline, inference)
         if timer is not None:
@@ -72,13 +91,15 @@ class Service:
         return values, model
 
     def describe(self, model: Model, cold: bool, timer: Timer) -> dict:
+        """What every answer reports of the model, the runtime, the cold flag and the timings."""
         m = model.manifest
         return {"model": {"name": m.name, "version": m.version, "sha256": m.portable.sha256},
                 "runtime": dict(model.runtime),
                 "cold": cold, "timings_ms": timer.total()}
 
     # -- image in, task answer out ----------------------------------------------------
-    def predict(self, data: bytes, content_type: str | None, deadline: float | None = None) -> dict:
+    def predict(self, data: bytes, content_type: str | None, deadline: float | None = None) -> Answer:
+        """An image (raw, multipart or base64 JSON; PNG, JPEG, TIFF, BMP or DICOM) in, the task's answer out."""
         timer = Timer()
         with timer.step("decode"):
             body = payload.classify(data, content_type, self.settings.max_body_bytes)
@@ -106,11 +127,13 @@ class Service:
         answer = {"task": m.task, "result": result,
                   "image": {"format": image.format, "width": image.width, "height": image.height,
                             "channels": image.channels, "bits": image.bits}}
-        return {**answer, **self.describe(model, cold, timer)}
+        described = self.describe(model, cold, timer)
+        return Answer({**answer, **described}, cold, described["timings_ms"])
 
     # -- Open Inference Protocol ----------------------------------------------------------
     def infer(self, document, name: str | None = None, version: str | None = None,
-              deadline: float | None = None) -> dict:
+              deadline: float | None = None) -> Answer:
+        """An OIP v2 JSON inference request in, OIP outputs out (with the call's figures in `parameters`)."""
         timer = Timer()
         model, cold = self.model(timer, name, version, deadline, inference=True)
         m = model.manifest
@@ -131,9 +154,10 @@ class Service:
                                  "sha256": described["model"]["sha256"], **described["runtime"]}}
         if request.id is not None:
             answer["id"] = request.id
-        return answer
+        return Answer(answer, cold, described["timings_ms"])
 
     def metadata(self, name: str | None = None, version: str | None = None, deadline: float | None = None) -> dict:
+        """OIP model metadata: inputs as the manifest declares them, outputs as the session has them."""
         model, _ = self.model(None, name, version, deadline)
         m = model.manifest
         return {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx",

@@ -12,6 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
+from tests.support.calls import assert_error, gateway
 from tests.support.models import DIGIT, MODELS
 
 from tests.support.images import encode, oip, png, pydicom_file
@@ -21,19 +22,6 @@ from tests.support.images import encode, oip, png, pydicom_file
 @pytest.fixture
 def digits(function):
     return function({"MODEL_URI": str(MODELS / "digits-cnn")})
-
-
-def gateway(fn, method, url, body=b"", content_type=None, **headers):
-    return fn.call(body, content_type, method=method, url=url, headers=headers)
-
-
-def assert_error(reply, status, code, *words):
-    assert reply.http_status == status, reply.body
-    body = reply.json()
-    assert body["status"] == status and body["code"] == code, body
-    for word in words:
-        assert word.lower() in body["error"].lower(), body["error"]
-    return body
 
 
 def huge_png_header(width=10_000, height=5_000) -> bytes:

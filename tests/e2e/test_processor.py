@@ -14,7 +14,7 @@ import pytest
 from tests.support.models import DIGIT, MODELS, ROOT
 from tests.support.images import EVENTS
 from models.train import phantoms
-from onnxfn.events.processor import result_name
+from onnxfn.events.results import result_name
 
 OCI = json.loads((EVENTS / "oci-createobject.json").read_text())
 S3 = json.loads((EVENTS / "s3-put-and-delete.json").read_text())

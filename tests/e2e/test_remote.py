@@ -6,19 +6,14 @@ import json
 import shutil
 import time
 
-from tests.support.models import DIGIT, MODELS
+from tests.support.models import MODELS
 from onnxfn.bundles import bundle as bundles
-from tests.support.parserver import ParServer  # noqa: F401  (the served fixture is in parserver)
-
+from tests.support.calls import predict, remote_env
+from tests.support.parserver import ParServer
 
 
 def env(server, tmp_path, **extra):
-    return {"MODEL_URI": server.url, "ONNXFN_CACHE_DIR": str(tmp_path / "cache"),
-            "ONNXFN_BAKED_BUNDLE": str(tmp_path / "no-baked-bundle"), **extra}
-
-
-def predict(fn, deadline=30.0):
-    return fn.call(DIGIT, "image/png", method="POST", url="/predict", deadline=deadline)
+    return remote_env(server.url, tmp_path, **extra)
 
 
 def test_cold_start_from_a_par_url(function, served, tmp_path):

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from tests.support.models import DIGIT, MODELS
+from tests.support.calls import predict, remote_env
+from tests.support.models import MODELS
 from onnxfn.bundles import bundle as bundles
 from onnxfn.runtime.loader import Runner
 from onnxfn.settings import Settings
@@ -18,12 +19,7 @@ def upload(client, bucket: str, prefix: str, name: str = "digits-cnn") -> None:
 
 
 def fn_env(s3, tmp_path, uri: str, **extra) -> dict:
-    return {**s3.env(), "MODEL_URI": uri, "ONNXFN_CACHE_DIR": str(tmp_path / "cache"),
-            "ONNXFN_BAKED_BUNDLE": "", **extra}
-
-
-def predict(fn, deadline=30.0):
-    return fn.call(DIGIT, "image/png", method="POST", url="/predict", deadline=deadline)
+    return {**s3.env(), **remote_env(uri, tmp_path, **extra)}
 
 
 @pytest.mark.parametrize("client", ["auto", "boto3"])  # auto: the lean SigV4 client here

@@ -203,7 +203,7 @@ for bundle, sample, ctype in cases:
     service = Service(settings)
     data = (root / "samples" / sample).read_bytes()
     t = time.perf_counter()
-    answer = service.predict(data, ctype)
+    answer = service.predict(data, ctype).body
     first = time.perf_counter() - t
     model, _ = service.model()
     image = payload.decode_image(payload.classify(data, ctype, settings.max_body_bytes), settings.max_pixels)

@@ -118,6 +118,7 @@ class Runner:
 
     @property
     def loaded(self) -> bool:
+        """Whether a model is being served (a load has succeeded)."""
         return self._model is not None
 
     def start(self, deadline: float | None = None, inference_waits: bool = False) -> None:

@@ -163,7 +163,7 @@ def test_an_artifact_that_cannot_run_is_replaced_at_the_cold_calls_inference(tmp
     settings = Settings(model_uri=str(_with_optimized_copy(tmp_path)), threads=1)
     service = Service(settings)
     service.runner.start(inference_waits=True)
-    answer = service.predict(DIGIT, "image/png")
+    answer = service.predict(DIGIT, "image/png").body
     assert answer["result"]["label"] == "7" and answer["runtime"]["artifact"] == "model.onnx"
     assert answer["cold"] is True and service.runner.get()[0].artifact == "model.onnx"
     assert service.runner.get()[0].fallbacks == ("opt.onnx",)

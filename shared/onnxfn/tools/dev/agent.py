@@ -23,7 +23,8 @@ _FDK = "import sys; from fdk.scripts.fdk import main; sys.argv[0] = 'fdk'; main(
 
 
 @dataclass
-class Reply:
+class Response:
+    """What the fdk answered the agent for one call."""
     status: int              # the status the fdk gave the agent (200, 502 or 504)
     headers: dict[str, str]  # lower-case names, as the fdk sent them
     body: bytes
@@ -106,7 +107,7 @@ class Function:
         return self
 
     def call(self, body: bytes = b"", content_type: str | None = None, *, method: str | None = None,
-             url: str | None = None, headers: dict[str, str] | None = None, deadline: float = 30.0) -> Reply:
+             url: str | None = None, headers: dict[str, str] | None = None, deadline: float = 30.0) -> Response:
         """Send one call. With `method`/`url` it is an API Gateway call (Fn-Intent: httprequest),
         whose original HTTP headers travel as Fn-Http-H-*; otherwise a direct invocation."""
         call_id = uuid.uuid4().hex
@@ -129,7 +130,7 @@ class Function:
                     conn.request("POST", "/call", body=body, headers=sent)
                     response = conn.getresponse()
                     data = response.read()
-                    return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+                    return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
                 except (ConnectionError, http.client.RemoteDisconnected, BrokenPipeError):
                     self._close()
                     if attempt == 2 or not self.alive:

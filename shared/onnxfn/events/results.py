@@ -1,0 +1,111 @@
+"""Results beside the objects events name: the answer (`<key>.json`, and `<key>.mask.png` for
+segmentation) or an error record (`<key>.error.json`), written idempotently:
+
+- every write is conditional (If-None-Match: *); only when a result exists already is it looked at;
+- a result records the source ETag and the model's sha256 (object metadata): a replay for the same
+  object version and model writes nothing; a new object version or model version first copies the
+  previous result to `<key>.<etag8>-<sha8>.json` (and `.mask.png`), then replaces it with If-Match,
+  so nothing is silently destroyed;
+- keys are data: each key segment is kept, `%` becomes `%25`, and empty, `.` and `..` segments are
+  percent-encoded, so results land inside the output prefix and nowhere else; keys too long for a
+  result name are replaced by their sha256 under `_long/`.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+from onnxfn.errors import OnnxfnError, ObjectMissing, PreconditionFailed
+from onnxfn.events.envelopes import ObjectRef
+from onnxfn.storage.retry import retrying
+from onnxfn.storage.s3 import S3Store
+from onnxfn.storage.store import Stat
+
+RESULT_SUFFIXES = (".json", ".mask.png")
+DEFAULT_PREFIX = "results/"
+MAX_KEY = 1024
+
+
+def result_name(key: str, suffix: str) -> str:
+    """The output name for a source key (without the output prefix)."""
+    segments = []
+    for segment in key.split("/"):
+        segment = segment.replace("%", "%25")
+        if segment in ("", ".", ".."):
+            segment = {"": "%00", ".": "%2E", "..": "%2E%2E"}[segment]
+        segments.append(segment)
+    name = "/".join(segments) + suffix
+    if len(name.encode()) > MAX_KEY - 200:  # leave room for the prefix and archive suffixes
+        name = "_long/" + hashlib.sha256(key.encode()).hexdigest() + suffix
+    return name
+
+
+class Results:
+    """Writes one event's results to the output store; storage calls retry transient faults with backoff
+    until `deadline` (time.monotonic())."""
+
+    def __init__(self, output: S3Store, deadline: float):
+        self.output, self.deadline = output, deadline
+
+    def answer(self, ref: ObjectRef, answer: dict, tag: dict) -> tuple[str, ...]:
+        """Write an object's answer (its mask first, the JSON last: its presence means the result is
+        complete); the names actually written (none for a replay)."""
+        answer = {**answer, "source": {"bucket": ref.bucket, "key": ref.key, "etag": tag["source-etag"]},
+                  "model": {**answer["model"], "sha256": tag["model-sha256"]}}
+        files = []
+        mask = answer.get("result", {}).get("mask")
+        if mask is not None:
+            png = base64.b64decode(mask.pop("data"))
+            mask["key"] = self.output.prefix + result_name(ref.key, ".mask.png")
+            files.append((result_name(ref.key, ".mask.png"), png, "image/png"))
+        files.append((result_name(ref.key, ".json"), _compact(answer), "application/json"))
+        return tuple(self.output.prefix + name for name, data, ctype in files if self._put(name, data, ctype, tag))
+
+    def error(self, ref: ObjectRef, error: OnnxfnError, tag: dict) -> str | None:
+        """Record why an object could not be answered (a poison object); its name, or None when the same
+        object version and model already recorded it."""
+        body = error.body(source={"bucket": ref.bucket, "key": ref.key, "etag": tag["source-etag"]},
+                          model_sha256=tag["model-sha256"])
+        name = result_name(ref.key, ".error.json")
+        if not self._put(name, _compact(body), "application/json", tag):
+            return None
+        return self.output.prefix + name
+
+    def _put(self, name: str, data: bytes, ctype: str, tag: dict) -> bool:
+        """Write one result object; False when the same object version and model already wrote it."""
+        try:
+            self._retry(lambda: self.output.put(name, data, ctype, tag, if_none_match=True), name)
+            return True
+        except PreconditionFailed:  # a result exists: a replay, a new version, or a concurrent delivery
+            previous = self._stat(name)
+            if previous is None:
+                return False
+        if _same(previous.metadata, tag):
+            return False
+        old = f"{previous.metadata.get('source-etag', 'unknown')[:8]}-{previous.metadata.get('model-sha256', 'x')[:8]}"
+        archive = f"{name[: -len('.mask.png')]}.{old}.mask.png" if name.endswith(".mask.png") else \
+            f"{name[: -len('.json')]}.{old}.json"
+        self._retry(lambda: self.output.copy(name, archive), archive)
+        try:
+            self._retry(lambda: self.output.put(name, data, ctype, tag, if_match=previous.version), name)
+        except PreconditionFailed:
+            pass  # a newer write won; ours is superseded
+        return True
+
+    def _stat(self, name: str) -> Stat | None:
+        try:
+            return self._retry(lambda: self.output.stat(name), name)
+        except ObjectMissing:
+            return None
+
+    def _retry(self, action, what: str):
+        return retrying(action, self.deadline, what)
+
+
+def _same(metadata: dict, tag: dict) -> bool:
+    return metadata.get("source-etag") == tag["source-etag"] and metadata.get("model-sha256") == tag["model-sha256"]
+
+
+def _compact(document: dict) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()

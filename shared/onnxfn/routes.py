@@ -1,0 +1,171 @@
+"""The gateway's routes: a path and method to a handler over the core (`Service`).
+
+  POST /predict                                  image -> task answer
+  POST /v2/models/{name}[/versions/{v}]/infer    OIP tensors -> OIP outputs
+  GET  /v2/models/{name}[/versions/{v}]          OIP model metadata
+  GET  /v2/models/{name}[/versions/{v}]/ready    200 once the model is loaded
+  GET  /v2/health/live, /v2/health/ready, /v2    liveness, readiness, server metadata
+
+Each handler takes the app, the request and the path's parameters and returns a `Reply`; it reaches the
+core through `app.service` only when it needs it (liveness never does, so it answers even when the
+configuration is wrong)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+from onnxfn import __version__
+from onnxfn.errors import BadRequest, MethodNotAllowed, NotFound, OnnxfnError, UnsupportedMediaType
+
+
+@dataclass
+class Request:
+    """One call, whatever its trigger: what an adapter (Fn today) hands the app."""
+    method: str
+    url: str                              # path and query, no host
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+    call_id: str = ""
+    gateway: bool = False                 # an API Gateway call (routed, real HTTP statuses)
+    deadline: float | None = None         # the call's deadline as time.monotonic()
+
+    @property
+    def content_type(self) -> str | None:
+        """The Content-Type header, if any."""
+        return self.headers.get("content-type")
+
+
+@dataclass
+class Reply:
+    """One answer (status, JSON body, headers) and what the call's log line says of it: the route or,
+    for a direct invocation, what it turned out to be (event, infer, predict), and for inference the
+    cold flag and timings."""
+    status: int
+    body: dict
+    headers: dict[str, str] = field(default_factory=dict)
+    route: str = ""
+    cold: bool | None = None
+    timings_ms: dict | None = None
+
+    @classmethod
+    def error(cls, error: OnnxfnError, route: str = "") -> "Reply":
+        """The one way an error becomes an answer."""
+        return cls(error.status, error.body(), error.headers(), route)
+
+    def encoded(self) -> bytes:
+        """The body as compact JSON bytes."""
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+
+def parse_json(body: bytes):
+    """The body as JSON, or a 400 naming what is wrong with it."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"the body is not valid JSON: {e}", code="invalid_json") from None
+
+
+def path_of(request: Request, base_path: str = "") -> str:
+    """The request's path as routes see it: unquoted, the deployment's base path removed, no trailing /."""
+    path = unquote(urlsplit(request.url).path) or "/"
+    if base_path and (path == base_path or path.startswith(base_path + "/")):
+        path = path[len(base_path):] or "/"
+    return path.rstrip("/") or "/"
+
+
+def runs_inference(request: Request) -> bool:
+    """Whether this call will run the model (direct invocations, /predict, /infer), not just look at it."""
+    if not request.gateway:
+        return True
+    path = urlsplit(request.url).path.rstrip("/")
+    return request.method.upper() == "POST" and (path.endswith("/predict") or path.endswith("/infer"))
+
+
+@dataclass
+class Match:
+    """A route matched by a path: its name, its handler for the request's method (None: not allowed)
+    and the path's parameters."""
+    name: str
+    handler: Callable[..., Reply] | None
+    params: dict
+    allowed: tuple[str, ...]
+    path: str
+
+    def answer(self, app, request: Request) -> Reply:
+        """Run the handler; a method the route does not take is a 405 naming the ones it does."""
+        if self.handler is None:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {self.path}; use {', '.join(self.allowed)}",
+                                   self.allowed)
+        return self.handler(app, request, **self.params)
+
+
+def find(method: str, path: str) -> Match:
+    """The route for `path` (as `path_of` gives it); no route is a 404 listing the routes."""
+    for pattern, methods, name in ROUTES:
+        match = pattern.fullmatch(path)
+        if match:
+            return Match(name, methods.get(method.upper()), match.groupdict(), tuple(sorted(methods)), path)
+    raise NotFound(f"no route {path}; routes are POST /predict, POST /v2/models/{{name}}/infer, "
+                   "GET /v2/models/{name}, GET /v2/health/live, GET /v2/health/ready", code="route_not_found")
+
+
+# -- handlers: (app, request, **path parameters) -> Reply ----------------------------------------
+
+def predict(app, request: Request) -> Reply:
+    """POST /predict: an image in, the task's answer out."""
+    answer = app.service.predict(request.body, request.content_type, request.deadline)
+    return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms)
+
+
+def infer(app, request: Request, name: str | None = None, version: str | None = None) -> Reply:
+    """POST /v2/models/{name}/infer: OIP JSON tensors in and out (the binary extension is a 415)."""
+    if "inference-header-content-length" in request.headers:
+        raise UnsupportedMediaType("the OIP binary tensor extension is not supported; send JSON tensors",
+                                   code="binary_unsupported")
+    answer = app.service.infer(parse_json(request.body), name, version, request.deadline)
+    return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms)
+
+
+def metadata(app, request: Request, name: str, version: str | None = None) -> Reply:
+    """GET /v2/models/{name}: OIP model metadata."""
+    return Reply(200, app.service.metadata(name, version, request.deadline))
+
+
+def model_ready(app, request: Request, name: str, version: str | None = None) -> Reply:
+    """GET /v2/models/{name}/ready: 200 once the named model is loaded (this call loads it if needed)."""
+    app.service.model(None, name, version, request.deadline)
+    return Reply(200, {"name": name, "ready": True})
+
+
+def live(app, request: Request) -> Reply:
+    """GET /v2/health/live: the process answers (the model and configuration are not looked at)."""
+    return Reply(200, {"live": True})
+
+
+def ready(app, request: Request) -> Reply:
+    """Ready means the model is loaded: this call loads it if needed (it is the cold start)."""
+    try:
+        app.service.model(deadline=request.deadline)
+    except OnnxfnError as e:
+        return Reply(503, {"ready": False, **e.body(status=503)})
+    return Reply(200, {"ready": True})
+
+
+def server(app, request: Request) -> Reply:
+    """GET /v2: OIP server metadata."""
+    return Reply(200, {"name": "onnxfn", "version": __version__, "extensions": []})
+
+
+_MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+ROUTES: list[tuple[re.Pattern, dict[str, Callable[..., Reply]], str]] = [
+    (re.compile(r"/predict"), {"POST": predict}, "predict"),
+    (re.compile(_MODEL + r"/infer"), {"POST": infer}, "infer"),
+    (re.compile(_MODEL + r"/ready"), {"GET": model_ready}, "model_ready"),
+    (re.compile(_MODEL), {"GET": metadata}, "metadata"),
+    (re.compile(r"/v2/health/live"), {"GET": live}, "live"),
+    (re.compile(r"/v2/health/ready"), {"GET": ready}, "ready"),
+    (re.compile(r"/v2"), {"GET": server}, "server"),
+]

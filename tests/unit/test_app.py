@@ -1,0 +1,131 @@
+"""The app in-process, no fdk: routing, direct-invocation dispatch, the one error body, the call log line."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from onnxfn.app import App, Reply, Request
+from onnxfn.errors import BadRequest, LoadTimeout, MethodNotAllowed, NotFound, OnnxfnError
+from onnxfn.settings import Settings
+from tests.support.images import EVENTS, oip
+from tests.support.models import DIGIT, MODELS
+
+
+def settings(**overrides) -> Settings:
+    return Settings(model_uri=str(MODELS / "digits-cnn"), baked_bundle="", threads=1, **overrides)
+
+
+@pytest.fixture(scope="module")
+def app():
+    return App(lambda: settings(base_path="/imaging"))
+
+
+@pytest.fixture
+def lines(app, caplog):
+    """The app's call log lines, as dicts."""
+    app.logger.propagate = True
+    caplog.set_level(logging.INFO, logger="onnxfn")
+    yield lambda: [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith('{"event":"call"')]
+    app.logger.propagate = False
+
+
+def gateway(app, method, path, body=b"", content_type=None) -> Reply:
+    headers = {"content-type": content_type} if content_type else {}
+    return app.handle(Request(method, path, headers, body, call_id="c1", gateway=True))
+
+
+def test_predict_route_and_its_log_line(app, lines):
+    reply = gateway(app, "POST", "/imaging/predict", DIGIT, "image/png")
+    assert reply.status == 200 and reply.body["result"]["label"] == "7" and reply.route == "predict"
+    assert reply.timings_ms == reply.body["timings_ms"] and reply.cold == reply.body["cold"]
+    line = lines()[-1]
+    assert line["route"] == "predict" and line["status"] == 200 and line["outcome"] == "ok"
+    assert line["timings_ms"] == reply.timings_ms and line["method"] == "POST" and line["bytes_in"] == len(DIGIT)
+
+
+@pytest.mark.parametrize("method, path, status, route, code", [
+    ("GET", "/imaging/nowhere", 404, "unrouted", "route_not_found"),
+    ("GET", "/imaging/predict", 405, "predict", "method_not_allowed"),
+    ("DELETE", "/imaging/v2/models/digits-cnn", 405, "metadata", "method_not_allowed"),
+    ("GET", "/imaging/v2/models/other", 404, "metadata", "model_not_found"),
+    ("GET", "/imaging/v2/models/digits-cnn/versions/9", 404, "metadata", "version_not_found"),
+    ("POST", "/imaging/v2/models/digits-cnn/infer", 400, "infer", "invalid_json"),
+    ("POST", "/predict", 400, "predict", "empty_body"),  # the base path is removed when present
+])
+def test_errors_have_one_body_and_keep_their_route(app, lines, method, path, status, route, code):
+    reply = gateway(app, method, path, b"{nope" if path.endswith("infer") else b"")
+    assert reply.status == status and reply.route == route
+    assert set(reply.body) == {"error", "code", "status"} and reply.body["code"] == code
+    assert reply.body["status"] == status
+    if status == 405:
+        assert reply.headers["Allow"] in ("POST", "GET")
+    line = lines()[-1]
+    assert line["route"] == route and line["outcome"] == code and line["error"] == reply.body["error"]
+
+
+def test_metadata_ready_and_live(app):
+    meta = gateway(app, "GET", "/imaging/v2/models/digits-cnn").body
+    assert meta["name"] == "digits-cnn" and meta["inputs"][0]["datatype"] == "FP32"
+    assert gateway(app, "GET", "/imaging/v2/models/digits-cnn/ready").body == {"name": "digits-cnn", "ready": True}
+    assert gateway(app, "GET", "/imaging/v2/health/ready").body == {"ready": True}
+    assert gateway(app, "GET", "/imaging/v2/health/live").body == {"live": True}
+    assert gateway(app, "GET", "/imaging/v2").body["name"] == "onnxfn"
+
+
+def test_direct_invocations_are_told_apart_by_their_body(app, lines):
+    image = app.handle(Request("POST", "/", {"content-type": "image/png"}, DIGIT))
+    assert image.route == "predict" and image.body["result"]["label"] == "7"
+    tensors = app.handle(Request("POST", "/", {"content-type": "application/json"},
+                                 oip(("image", "FP32", [1, 1, 8, 8], [0.0] * 64))))
+    assert tensors.route == "infer" and tensors.body["outputs"][0]["shape"] == [1, 10]
+    assert tensors.cold is False and tensors.timings_ms == tensors.body["parameters"]["timings_ms"]
+    not_an_image = app.handle(Request("POST", "/", {}, b'{"hello": 1}'))
+    assert not_an_image.route == "predict" and not_an_image.status == 400
+    assert not_an_image.body["code"] == "image_expected"
+    assert [line["route"] for line in lines()[-3:]] == ["predict", "infer", "predict"]
+
+
+def test_an_event_is_an_event_even_when_it_fails(app):
+    """The event detector is `envelopes.is_event`; an event's storage failing keeps the route (Fn then
+    answers 502 so the platform delivers it again)."""
+    document = json.loads((EVENTS / "oci-createobject.json").read_text())
+    reply = app.handle(Request("POST", "/", {"content-type": "application/json"}, json.dumps(document).encode()))
+    assert reply.route == "event" and reply.status in (500, 503)  # no oci:// region configured: not reachable
+    malformed = app.handle(Request("POST", "/", {"content-type": "application/json"}, b'{"Records": []}'))
+    assert malformed.route == "event" and malformed.status == 400 and malformed.body["code"] == "invalid_event"
+
+
+def test_a_configuration_error_is_answered_and_liveness_still_works(lines):
+    broken = App(lambda: Settings.from_env({"ONNXFN_MAX_PIXELS": "0"}))
+    live = broken.handle(Request("GET", "/v2/health/live", gateway=True))
+    assert live.status == 200 and live.body == {"live": True}
+    predict = broken.handle(Request("POST", "/predict", {"content-type": "image/png"}, DIGIT, gateway=True))
+    assert predict.status == 500 and predict.body["code"] == "configuration_error"
+    assert "ONNXFN_MAX_PIXELS" in predict.body["error"]
+
+
+def test_unexpected_exceptions_become_a_500_and_nothing_escapes(app, monkeypatch):
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+    monkeypatch.setattr(app.service, "metadata", boom)
+    reply = gateway(app, "GET", "/imaging/v2/models/digits-cnn")
+    assert reply.status == 500 and reply.body == {"error": "unexpected ZeroDivisionError: division by zero",
+                                                  "code": "internal_error", "status": 500}
+
+
+def test_reply_error_carries_status_code_and_headers():
+    assert Reply.error(LoadTimeout("still loading")).headers == {"Retry-After": "2"}
+    assert Reply.error(MethodNotAllowed("no", ("GET", "POST"))).headers == {"Allow": "GET, POST"}
+    reply = Reply.error(BadRequest("bad pixels", code="corrupt_image"), route="predict")
+    assert (reply.status, reply.body, reply.route) == (400, {"error": "bad pixels", "code": "corrupt_image",
+                                                             "status": 400}, "predict")
+    assert Reply.error(NotFound("x")).body["status"] == 404
+    assert OnnxfnError("x", status=418, code="teapot").body(extra=1) == {"error": "x", "code": "teapot",
+                                                                         "status": 418, "extra": 1}
+
+
+def test_refused_calls_are_logged_as_refused(app, lines):
+    reply = app.refuse(Request("POST", "/", body=b"x"), BadRequest("not for us", code="gateway_only"))
+    assert reply.status == 400 and reply.route == "refused" and lines()[-1]["route"] == "refused"
