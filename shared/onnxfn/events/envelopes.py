@@ -50,32 +50,40 @@ class OciEvent:
 
     @property
     def event_type(self) -> str:
+        """The eventType, e.g. com.oraclecloud.objectstorage.createobject; `BadRequest` when absent."""
         return _field(self.raw, "eventType")
 
     @property
     def event_id(self) -> str | None:
+        """The envelope's eventID, or None when absent or not a string."""
         value = self.raw.get("eventID")
         return value if isinstance(value, str) else None
 
     @property
     def object_name(self) -> str:
+        """The object's name (data.resourceName); `BadRequest` when absent."""
         return _field(self.raw, "data.resourceName")
 
     @property
     def bucket(self) -> str:
+        """The bucket's name (data.additionalDetails.bucketName); `BadRequest` when absent."""
         return _field(self.raw, "data.additionalDetails.bucketName")
 
     @property
     def namespace(self) -> str | None:
+        """The Object Storage namespace (data.additionalDetails.namespace), or None."""
         value = (self.raw.get("data") or {}).get("additionalDetails", {}).get("namespace")
         return value if isinstance(value, str) else None
 
     @property
     def etag(self) -> str | None:
+        """The object's ETag (data.additionalDetails.eTag), or None."""
         value = (self.raw.get("data") or {}).get("additionalDetails", {}).get("eTag")
         return value if isinstance(value, str) else None
 
     def objects(self) -> list[ObjectRef]:
+        """The one object this envelope names; `BadRequest` for an event type other than an object's
+        creation, update or deletion."""
         kind = self.event_type
         if kind not in OCI_TYPES:
             raise BadRequest(f"event type {kind!r} is not an Object Storage object event; expected one of "
@@ -99,10 +107,12 @@ class S3Record:
 
     @property
     def event_name(self) -> str:
+        """The record's eventName, e.g. ObjectCreated:Put; `BadRequest` naming Records[i] when absent."""
         return self._get("eventName")
 
     @property
     def bucket(self) -> str:
+        """The bucket's name (s3.bucket.name); `BadRequest` when absent."""
         return self._get("s3.bucket.name")
 
     @property
@@ -112,15 +122,19 @@ class S3Record:
 
     @property
     def etag(self) -> str | None:
+        """The object's ETag (s3.object.eTag), or None."""
         value = (self.raw.get("s3") or {}).get("object", {}).get("eTag")
         return value if isinstance(value, str) else None
 
     @property
     def size(self) -> int | None:
+        """The object's size in bytes (s3.object.size), or None."""
         value = (self.raw.get("s3") or {}).get("object", {}).get("size")
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def object(self) -> ObjectRef:
+        """The object this record names: ObjectCreated:* is created, ObjectRemoved:* deleted, any other
+        event a `BadRequest`; its event id is the x-amz-request-id."""
         name = self.event_name
         if name.startswith("ObjectCreated:"):
             action = "created"
@@ -133,10 +147,20 @@ class S3Record:
                          (self.raw.get("responseElements") or {}).get("x-amz-request-id"), "s3")
 
 
+#: The top-level keys that make a JSON document an object storage event envelope.
+MARKERS = ("cloudEventsVersion", "eventType", "Records")
+
+
 def is_event(document: Any) -> bool:
-    """Does this JSON document look like an object storage event envelope?"""
-    return isinstance(document, dict) and ("cloudEventsVersion" in document or "eventType" in document
-                                           or "Records" in document)
+    """Does this JSON document look like an object storage event envelope? The one test of it."""
+    return isinstance(document, dict) and any(key in document for key in MARKERS)
+
+
+def might_be_event(body: bytes) -> bool:
+    """A cheap look at a body's first 4 KiB before parsing it (envelopes name their markers first):
+    False means the body is not taken for an event."""
+    head = body[:4096]
+    return any(b'"%s"' % key.encode() in head for key in MARKERS)
 
 
 def parse(document: Any) -> list[ObjectRef]:
