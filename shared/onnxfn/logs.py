@@ -30,5 +30,7 @@ def setup(level: str = "INFO") -> logging.Logger:
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields) -> None:
+    """Log one JSON line {"event": name, **fields} at `level`; values JSON cannot hold are written as str, and
+    nothing is serialised when the level is off."""
     if logger.isEnabledFor(level):
         logger.log(level, json.dumps({"event": name, **fields}, separators=(",", ":"), default=str))

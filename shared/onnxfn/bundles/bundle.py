@@ -21,6 +21,8 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class Bundle:
+    """A bundle read from `root` (a local folder, or the cache's blob folder for a remote one); `path` hands out
+    its artifacts verified. `files` None: all were checked on load."""
     root: Path
     manifest: mf.Manifest
     files: dict[str, Path] | None = None  # artifact path -> verified file, filled on first use by `fetch`
@@ -38,6 +40,7 @@ class Bundle:
 
 
 def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -73,6 +76,7 @@ def load(root: Path, eager: bool = True) -> Bundle:
 
 
 def verify_artifact(bundle: Bundle, artifact: mf.Artifact) -> None:
+    """Check one artifact's file against its manifest entry; `BundleError` when missing or its size or sha256 differ."""
     check_file(bundle.path(artifact), artifact)
 
 
@@ -118,6 +122,7 @@ def write(root: Path, manifest: mf.Manifest, files: dict[str, Path], force: bool
 
 
 def artifact_for(path: Path, rel: str, kind: str = "portable") -> mf.Artifact:
+    """The manifest entry for the file at `path`, stored in the bundle as `rel`: size and sha256 computed now."""
     return mf.Artifact(path=rel, sha256=sha256_file(path), size=path.stat().st_size, kind=kind)
 
 

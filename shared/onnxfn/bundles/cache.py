@@ -61,6 +61,9 @@ def default_size(root: Path) -> int:
 
 
 class Cache:
+    """The cache folder: verified artifacts in blobs/ named by their sha256, downloads in progress in tmp/,
+    blobs kept under `max_bytes` (files left in tmp/ by a dead process are removed on creation)."""
+
     def __init__(self, root: Path, max_bytes: int):
         self.root, self.max_bytes = Path(root), max_bytes
         self.blobs, self.partial = self.root / "blobs", self.root / "tmp"
@@ -95,6 +98,8 @@ class Cache:
         return bundles.Bundle(self.blobs, manifest, {}, manifest_sha256=digest, version=version, fetch=fetch)
 
     def artifact(self, store: Store, artifact: mf.Artifact, deadline: float, keep: set[str]) -> Path:
+        """The cached file of `artifact`, downloaded and verified (retried until `deadline`) unless already there;
+        room is made first by evicting least-recently-used blobs, never those in `keep`."""
         path = self.blobs / artifact.sha256
         if path.exists() and path.stat().st_size == artifact.size:
             os.utime(path)  # most recently used

@@ -35,6 +35,7 @@ Dim = int | str  # a static size, or the name of a dynamic dimension
 
 @dataclass(frozen=True)
 class Window:
+    """A VOI window in physical units (after rescale): center - width/2 maps to 0, center + width/2 to 1."""
     center: float
     width: float
 
@@ -58,11 +59,14 @@ class ImageSpec:
 
     @property
     def channels(self) -> int:
+        """The channel count the input takes: 1 for L (grey), 3 for RGB."""
         return 1 if self.color == "L" else 3
 
 
 @dataclass(frozen=True)
 class InputSpec:
+    """One model input: name, dtype, shape (sizes, or names of dynamic dimensions), and for an image input
+    its layout and `image` section."""
     name: str
     dtype: str
     shape: tuple[Dim, ...]
@@ -70,11 +74,13 @@ class InputSpec:
     image: ImageSpec | None = None
 
     def axis(self, letter: str) -> int | None:
+        """The position of axis `letter` (N, C, H, W or F) in the layout; None without a layout or that axis."""
         return self.layout.index(letter) if self.layout and letter in self.layout else None
 
 
 @dataclass(frozen=True)
 class OutputSpec:
+    """One model output and how it becomes an answer: activation, segmentation decision and threshold, labels."""
     name: str
     activation: str = "none"
     decision: str | None = None
@@ -89,11 +95,13 @@ class Requirement:
     features: tuple[str, ...] = ()
 
     def satisfied_by(self, arch: str, features: tuple[str, ...] | None) -> bool:
+        """Whether a CPU of `arch` with `features` (None: unknown, taken as none) meets this requirement."""
         return arch == self.arch and set(self.features) <= set(features or ())
 
 
 @dataclass(frozen=True)
 class Artifact:
+    """One model file of the bundle, pinned by size and sha256, and the CPU class it was made for."""
     path: str
     sha256: str
     size: int
@@ -118,6 +126,7 @@ class Tuning:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A bundle's manifest.json, parsed and validated; top-level keys onnxfn does not know are kept in `extra`."""
     name: str
     version: str
     task: str
@@ -131,10 +140,12 @@ class Manifest:
 
     @property
     def portable(self) -> Artifact:
+        """The one portable artifact (every valid manifest has exactly one): the fallback that runs anywhere."""
         return next(a for a in self.artifacts if a.kind == "portable")
 
     @property
     def image_input(self) -> InputSpec | None:
+        """The input with an `image` section (image tasks have exactly one), or None for a tensor model."""
         return next((i for i in self.inputs if i.image is not None), None)
 
     @property
@@ -143,6 +154,8 @@ class Manifest:
         return self.outputs[0]
 
     def to_dict(self) -> dict:
+        """The manifest as manifest.json holds it: `extra` back at the top level, None fields and empty
+        `tuning` left out, tuples as lists."""
         data = asdict(self)
         data.update(data.pop("extra"))
         if not data["tuning"]:

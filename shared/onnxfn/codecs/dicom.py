@@ -18,6 +18,8 @@ DECODER_ADVICE = ("install a decoder for it next to pydicom: pylibjpeg with pyli
 
 
 def decode(data: bytes, max_pixels: int) -> Image:
+    """Decode a single-frame DICOM file into an `Image` (stored values, rescale, VOI window, MONOCHROME1),
+    refusing oversized images before decoding pixels."""
     import pydicom
 
     corrupt = _corrupt()

@@ -22,6 +22,7 @@ CORRUPT = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, Ke
 
 @dataclass
 class Image:
+    """A decoded image: the stored pixel values as the file had them, and what turns them into physical values."""
     pixels: np.ndarray                 # HxW (grey) or HxWx3 (RGB), alpha already removed
     bits: int | None                   # stored bits per sample (8, 12, 16); None for float data
     format: str                        # png, jpeg, tiff, bmp, dicom
@@ -31,18 +32,23 @@ class Image:
 
     @property
     def height(self) -> int:
+        """Rows of pixels."""
         return self.pixels.shape[0]
 
     @property
     def width(self) -> int:
+        """Columns of pixels."""
         return self.pixels.shape[1]
 
     @property
     def channels(self) -> int:
+        """1 for grey, 3 for colour (alpha is dropped on decoding)."""
         return 1 if self.pixels.ndim == 2 else self.pixels.shape[2]
 
 
 def check_pixels(width: int, height: int, frames: int, max_pixels: int, what: str) -> None:
+    """Refuse an image from its header, before its pixels are decoded: `BadRequest` when empty,
+    `PayloadTooLarge` when width x height x frames exceeds `max_pixels`; `what` names it in the message."""
     if width < 1 or height < 1:
         raise BadRequest(f"{what} declares an empty image ({width}x{height})", code="invalid_image")
     total = width * height * max(frames, 1)

@@ -44,6 +44,8 @@ def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
 
 
 def sniff(data: bytes) -> str | None:
+    """The format the bytes' signature shows (dicom, png, jpeg, tiff, bmp; json for a body starting with
+    { or [), or None."""
     if data[128:132] == b"DICM":  # first: a DICOM preamble may itself look like TIFF (dual-personality files)
         return "dicom"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):

@@ -18,12 +18,14 @@ NUMPY_TO_OIP = {v: k for k, v in OIP_TO_NUMPY.items()}
 
 @dataclass
 class InferRequest:
+    """An OIP request, checked: one array per model input by name, the outputs asked for (None: all) and its id."""
     inputs: dict[str, np.ndarray]
     outputs: list[str] | None = None
     id: str | None = None
 
 
 def datatype(dtype: str) -> str:
+    """The OIP datatype of a manifest dtype (float32 -> FP32, string -> BYTES)."""
     return NUMPY_TO_OIP[dtype]
 
 

@@ -18,6 +18,7 @@ _features: dict[Path, tuple[str, ...] | None] = {}
 
 
 def arch() -> str:
+    """The architecture as manifests name it: x86_64 or aarch64 (amd64, arm64 renamed), else the machine's own name."""
     machine = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
@@ -70,6 +71,7 @@ def quota(cgroup: Path = CGROUP) -> float | None:
 
 
 def affinity() -> int:
+    """The CPUs this process may be scheduled on (its affinity mask), else the host's count where that is unknown."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -35,10 +35,12 @@ class Model:
 
     @property
     def manifest(self) -> Manifest:
+        """The manifest of the bundle the session was built from."""
         return self.bundle.manifest
 
     @property
     def provider(self) -> str:
+        """The session's first (preferred) execution provider, e.g. CPUExecutionProvider."""
         return self.session.get_providers()[0]
 
     @functools.cached_property

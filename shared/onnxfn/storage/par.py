@@ -11,6 +11,9 @@ from onnxfn.storage.store import CHUNK, Download, Stat, Store
 
 
 class HttpStore(Store):
+    """A bundle behind a pre-authenticated request URL ending in /: file names are appended to it and read
+    with plain GETs."""
+
     def __init__(self, uri: str, timeout: float = 20.0):
         self.uri, self.timeout = uri, timeout
 
@@ -18,10 +21,12 @@ class HttpStore(Store):
         return self.uri + quote(name)
 
     def describe(self, name: str) -> str:
+        """Scheme, host and file name only: the URL's path holds the PAR token."""
         parts = urlsplit(self.uri)  # never log a PAR token: show host and the tail only
         return f"{parts.scheme}://{parts.netloc}/…/{name}"
 
     def stat(self, name: str) -> Stat:
+        """A HEAD request's Content-Length and ETag; no metadata."""
         import urllib.request
         with self._errors(name):
             with urllib.request.urlopen(urllib.request.Request(self._url(name), method="HEAD"),
@@ -31,6 +36,8 @@ class HttpStore(Store):
 
     @contextmanager
     def open(self, name: str):
+        """A GET's body in chunks, with its ETag; a body cut short of its Content-Length raises
+        `StorageUnavailable` while it is read."""
         import urllib.request
         with self._errors(name):
             with urllib.request.urlopen(self._url(name), timeout=self.timeout) as response:

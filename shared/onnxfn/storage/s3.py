@@ -37,10 +37,12 @@ class Unreachable(Exception):
 
 
 def endpoint_from_env() -> str:
+    """The S3 endpoint the environment sets (AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL), or "" for AWS."""
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
 
 
 def region_from_env() -> str:
+    """AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1."""
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
@@ -80,6 +82,7 @@ def _cached(key, make):
 
 
 def metadata(headers: dict[str, str]) -> dict[str, str]:
+    """The user metadata among lower-case headers: x-amz-meta-<key>: value -> {<key>: value}."""
     return {k[len("x-amz-meta-"):]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
 
 
@@ -87,6 +90,9 @@ def metadata(headers: dict[str, str]) -> dict[str, str]:
 # -- the store (the lean SigV4 client, or boto3) ----------------------------------------------
 
 class S3Store(Store):
+    """A bundle under a bucket and prefix, read over the S3 API (AWS, or Oracle Object Storage's compatible
+    endpoint); the client's `S3Error` and `Unreachable` become onnxfn errors."""
+
     def __init__(self, uri: str, bucket: str, prefix: str, endpoint: str | None, region: str | None = None,
                  timeout: float = 20.0, client: str = "auto"):
         self.uri, self.bucket, self.prefix = uri, bucket, prefix
@@ -95,11 +101,13 @@ class S3Store(Store):
 
     @property
     def client(self):
+        """The shared lean or boto3 client for this store's endpoint, region and keys, chosen on first use."""
         if self._client is None:
             self._client = client(self.endpoint, self.region, self.timeout, self.kind)
         return self._client
 
     def stat(self, name: str) -> Stat:
+        """A HEAD's size, ETag and user metadata (the x-amz-meta-* headers)."""
         with self._errors(name):
             headers = self.client.head(self.bucket, self.prefix + name)
         length = headers.get("content-length")
@@ -117,11 +125,14 @@ class S3Store(Store):
             return self.client.put(self.bucket, self.prefix + name, data, headers).get("etag")
 
     def copy(self, source: str, target: str) -> None:
+        """Copy `source` to `target` (both under the prefix) server-side, metadata included."""
         with self._errors(source):
             self.client.copy(self.bucket, self.prefix + source, self.prefix + target)
 
     @contextmanager
     def open(self, name: str):
+        """A GET's body in chunks, with its ETag; a connection lost while the body is read becomes
+        `StorageUnavailable` too."""
         with self._errors(name):
             with self.client.get(self.bucket, self.prefix + name) as (headers, chunks):
                 yield Download(chunks, headers.get("etag"))
@@ -179,12 +190,14 @@ class Boto3:
         self.client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
     def head(self, bucket: str, key: str) -> dict[str, str]:
+        """The object's headers, lower-cased, with ETag, content-length and x-amz-meta-* from boto3's fields."""
         with self._errors():
             head = self.client.head_object(Bucket=bucket, Key=key)
         return _boto_headers(head)
 
     @contextmanager
     def get(self, bucket: str, key: str):
+        """Yield the object's headers and its body in CHUNK-sized pieces; the body is closed on leaving."""
         with self._errors():
             response = self.client.get_object(Bucket=bucket, Key=key)
         body = response["Body"]
@@ -198,6 +211,7 @@ class Boto3:
             yield from body.iter_chunks(CHUNK)
 
     def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
+        """Write `data`; content-type, x-amz-meta-* and the if-match / if-none-match conditions come from `headers`."""
         extra = {}
         if "if-none-match" in headers:
             extra["IfNoneMatch"] = headers["if-none-match"]
@@ -210,6 +224,7 @@ class Boto3:
         return _boto_headers(response)
 
     def copy(self, bucket: str, source: str, target: str) -> None:
+        """Copy `source` to `target` within the bucket, server-side, keeping the metadata."""
         with self._errors():
             self.client.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source},
                                     MetadataDirective="COPY")

@@ -47,6 +47,9 @@ def _check_credential(name: str, value: str | None) -> str | None:
 # -- lean: SigV4 on http.client ----------------------------------------------------------------------
 
 class Lean:
+    """The lean S3 client for one endpoint and region; `ConfigError` when the endpoint is not an http(s) URL
+    or a key holds characters a header cannot carry."""
+
     def __init__(self, endpoint: str, region: str, access_key: str, secret_key: str, token: str | None,
                  timeout: float):
         parts = urlsplit(endpoint)
@@ -63,19 +66,25 @@ class Lean:
 
     # the four operations ----------------------------------------------------------------------
     def head(self, bucket: str, key: str) -> dict[str, str]:
+        """The object's response headers, lower-cased; an error status raises `S3Error`."""
         with self._request("HEAD", bucket, key) as response:
             return _headers(response)
 
     @contextmanager
     def get(self, bucket: str, key: str) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+        """Yield the object's headers and its body in chunks; a body cut short of its Content-Length
+        raises `Unreachable`."""
         with self._request("GET", bucket, key, stream=True) as response:
             yield _headers(response), _chunks(response, response.length)  # length: None when not given
 
     def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
+        """Write `data` with `headers` (content-type, x-amz-meta-*, conditions) as given; the response's headers."""
         with self._request("PUT", bucket, key, data, headers) as response:
             return _headers(response)
 
     def copy(self, bucket: str, source: str, target: str) -> None:
+        """Copy `source` to `target` within the bucket, server-side, keeping the metadata; a 200 whose body reports
+        an error raises `S3Error` (500)."""
         headers = {"x-amz-copy-source": quote(f"/{bucket}/{source}", safe="/~"), "x-amz-metadata-directive": "COPY"}
         with self._request("PUT", bucket, target, b"", headers, stream=True) as response:
             try:
@@ -86,6 +95,7 @@ class Lean:
             raise S3Error(500, *_error_fields(body))
 
     def url(self, bucket: str, key: str) -> str:
+        """The object's path-style URL (key percent-encoded); unsigned."""
         return f"{self.scheme}://{self.host}{self._path(bucket, key)}"
 
     # the wire -----------------------------------------------------------------------------------

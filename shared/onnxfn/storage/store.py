@@ -27,6 +27,7 @@ CHUNK = 1 << 20
 
 @dataclass
 class Stat:
+    """One file's size in bytes (None when not told), version and user metadata, learnt without reading it."""
     size: int | None
     version: str | None  # ETag, or a local file's size and mtime
     metadata: dict[str, str] = field(default_factory=dict)
@@ -34,6 +35,7 @@ class Stat:
 
 @dataclass
 class Download:
+    """One file being read: its byte chunks (consume them inside the `open` block) and its version."""
     chunks: Iterator[bytes]
     version: str | None
 
@@ -44,6 +46,7 @@ class Store:
     local: Path | None = None  # a local folder is used in place, not copied
 
     def stat(self, name: str) -> Stat:
+        """One file's size, version and metadata without reading it; `ObjectMissing` when it does not exist."""
         raise NotImplementedError
 
     @contextmanager
@@ -63,11 +66,14 @@ class Store:
         return bytes(data), download.version
 
     def describe(self, name: str) -> str:
+        """Where a file is, for messages: the store's URI and the name."""
         return self.uri.rstrip("/") + "/" + name
 
 
 def open_store(uri: str, *, oci_region: str = "", oci_endpoint: str = "", timeout: float = 20.0,
                s3_client: str = "auto") -> Store:
+    """The store for a MODEL_URI; `ConfigError` for a URI it cannot use, `BundleError` for a local path
+    that is not a folder."""
     if not uri or not uri.strip():
         raise ConfigError(f"MODEL_URI is empty: set it to {ACCEPTED}")
     uri = uri.strip()
@@ -132,10 +138,13 @@ def locate(uri: str) -> Path:
 # -- local ---------------------------------------------------------------------------------------
 
 class LocalStore(Store):
+    """A local bundle folder, used in place (`local` is set: nothing is copied into the cache)."""
+
     def __init__(self, root: Path):
         self.uri, self.local = str(root), root
 
     def stat(self, name: str) -> Stat:
+        """The file's size, and size and mtime (ns) as its version; no metadata."""
         try:
             st = (self.local / name).stat()
         except FileNotFoundError:
@@ -144,6 +153,7 @@ class LocalStore(Store):
 
     @contextmanager
     def open(self, name: str):
+        """The file in CHUNK-sized pieces; its version is size and mtime, as `stat` gives it."""
         try:
             f = open(self.local / name, "rb")
         except FileNotFoundError:

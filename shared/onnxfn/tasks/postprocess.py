@@ -13,6 +13,7 @@ from onnxfn.tasks.preprocess import Geometry, restore
 
 
 def activate(values: np.ndarray, activation: str, axis: int = -1) -> np.ndarray:
+    """Apply an output's activation in float32: softmax along `axis`, sigmoid, or none (values as they are)."""
     values = values.astype(np.float32, copy=False)
     if activation == "softmax":
         shifted = values - values.max(axis=axis, keepdims=True)
@@ -25,6 +26,8 @@ def activate(values: np.ndarray, activation: str, axis: int = -1) -> np.ndarray:
 
 
 def classify(output: np.ndarray, spec: OutputSpec, top_k: int) -> dict:
+    """A classifier's answer from [1, classes] or [classes] scores: the best label and the `top_k` best;
+    `InferenceError` (bad_output) for another shape or a label count that does not match."""
     scores = np.asarray(output)
     if scores.ndim == 2 and scores.shape[0] == 1:
         scores = scores[0]
@@ -43,6 +46,8 @@ def classify(output: np.ndarray, spec: OutputSpec, top_k: int) -> dict:
 
 
 def segment(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec, geometry: Geometry) -> dict:
+    """A segmentation answer: the label mask mapped back onto the received image as a base64 PNG, and per
+    class (background excluded) its pixel count, fraction of the image and bounding box."""
     mask = _labels(np.asarray(output), spec, input_spec)
     if mask.shape != tuple(geometry.model):
         raise InferenceError(f"output {spec.name!r} has shape {list(np.shape(output))}: a {mask.shape[0]}x"
@@ -94,6 +99,7 @@ def _bbox(region: np.ndarray) -> list[int]:
 
 
 def png(mask: np.ndarray) -> str:
+    """A label mask as base64 text of an 8-bit grey PNG (pixel values are class indices)."""
     from PIL import Image as PILImage
     buffer = io.BytesIO()
     PILImage.fromarray(mask.astype(np.uint8)).save(buffer, format="PNG", optimize=False, compress_level=6)
