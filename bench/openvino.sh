@@ -22,4 +22,4 @@ if ! "$VENV/bin/python" -c "import onnxruntime as o, sys; sys.exit('OpenVINOExec
     "$VENV/bin/pip" install -q onnxruntime-openvino numpy pillow pydicom
 fi
 cd "$ROOT"
-PYTHONPATH="$ROOT/shared${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m onnxfn.cli bench "$@"
+PYTHONPATH="$ROOT/shared${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m onnxfn.tools.cli bench "$@"
