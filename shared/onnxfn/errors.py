@@ -51,6 +51,7 @@ class MethodNotAllowed(OnnxfnError):
         self.allowed = allowed
 
     def headers(self) -> dict[str, str]:
+        """``Allow``: the methods the route takes."""
         return {"Allow": ", ".join(self.allowed)}
 
 

@@ -15,6 +15,8 @@ DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "digits-cnn"
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of the function, each field documented with the variable that sets it
+    (docs/configuration.md is generated from these docstrings)."""
     model_uri: str = str(DEMO_MODEL)
     """MODEL_URI: the model bundle: a folder, file://, s3://bucket/prefix/, oci://bucket@namespace/prefix/ or a
     pre-authenticated (PAR) https:// URL ending in /. The default is the demo bundle models/digits-cnn."""
@@ -72,6 +74,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read and validate the settings from `env` (default: the process environment); blank values
+        keep the default; a bad value is a `ConfigError` naming the variable."""
         env = os.environ if env is None else env
         values = {}
         for f in fields(cls):

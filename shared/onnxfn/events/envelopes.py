@@ -72,13 +72,13 @@ class OciEvent:
     @property
     def namespace(self) -> str | None:
         """The Object Storage namespace (data.additionalDetails.namespace), or None."""
-        value = (self.raw.get("data") or {}).get("additionalDetails", {}).get("namespace")
+        value = ((self.raw.get("data") or {}).get("additionalDetails") or {}).get("namespace")
         return value if isinstance(value, str) else None
 
     @property
     def etag(self) -> str | None:
         """The object's ETag (data.additionalDetails.eTag), or None."""
-        value = (self.raw.get("data") or {}).get("additionalDetails", {}).get("eTag")
+        value = ((self.raw.get("data") or {}).get("additionalDetails") or {}).get("eTag")
         return value if isinstance(value, str) else None
 
     def objects(self) -> list[ObjectRef]:
@@ -123,13 +123,13 @@ class S3Record:
     @property
     def etag(self) -> str | None:
         """The object's ETag (s3.object.eTag), or None."""
-        value = (self.raw.get("s3") or {}).get("object", {}).get("eTag")
+        value = ((self.raw.get("s3") or {}).get("object") or {}).get("eTag")
         return value if isinstance(value, str) else None
 
     @property
     def size(self) -> int | None:
         """The object's size in bytes (s3.object.size), or None."""
-        value = (self.raw.get("s3") or {}).get("object", {}).get("size")
+        value = ((self.raw.get("s3") or {}).get("object") or {}).get("size")
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def object(self) -> ObjectRef:

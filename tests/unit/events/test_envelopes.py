@@ -57,3 +57,14 @@ def test_malformed_envelopes_name_the_field(document, words):
 def test_is_event():
     assert events.is_event(load("oci-createobject.json")) and events.is_event(load("s3-put-and-delete.json"))
     assert not events.is_event({"inputs": []}) and not events.is_event("x")
+
+
+def test_null_detail_objects_are_named_not_crashed_on():
+    """`null` where an object is expected is an absent field, never an AttributeError."""
+    oci = {"eventType": "com.oraclecloud.objectstorage.createobject", "eventID": "e",
+           "data": {"resourceName": "a.png", "additionalDetails": None}}
+    with pytest.raises(BadRequest, match="additionalDetails"):
+        [ref.namespace for ref in events.parse(oci)]
+    s3 = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": None}}]}
+    with pytest.raises(BadRequest, match="object"):
+        events.parse(s3)
