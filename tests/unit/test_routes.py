@@ -1,0 +1,66 @@
+"""routes.py: the route table, paths as routes see them, and which calls run the model."""
+from __future__ import annotations
+
+import pytest
+
+from onnxfn import routes
+from onnxfn.errors import MethodNotAllowed, NotFound
+from onnxfn.routes import Request
+
+
+@pytest.mark.parametrize("method, path, name, params", [
+    ("POST", "/predict", "predict", {}),
+    ("POST", "/v2/models/m/infer", "infer", {"name": "m", "version": None}),
+    ("POST", "/v2/models/m/versions/2/infer", "infer", {"name": "m", "version": "2"}),
+    ("GET", "/v2/models/m/ready", "model_ready", {"name": "m", "version": None}),
+    ("GET", "/v2/models/m", "metadata", {"name": "m", "version": None}),
+    ("GET", "/v2/health/live", "live", {}),
+    ("GET", "/v2/health/ready", "ready", {}),
+    ("GET", "/v2", "server", {}),
+])
+def test_every_route_is_found_with_its_parameters(method, path, name, params):
+    match = routes.find(method, path)
+    assert (match.name, match.params) == (name, params) and match.handler is not None
+
+
+def test_a_wrong_method_is_a_405_naming_the_allowed_ones_and_no_route_a_404():
+    match = routes.find("GET", "/predict")
+    assert match.name == "predict" and match.handler is None and match.allowed == ("POST",)
+    with pytest.raises(MethodNotAllowed, match="GET is not allowed on /predict; use POST") as caught:
+        match.answer(None, Request("GET", "/predict", gateway=True))
+    assert caught.value.headers() == {"Allow": "POST"}
+    with pytest.raises(NotFound, match="no route /v3") as missing:
+        routes.find("GET", "/v3")
+    assert missing.value.code == "route_not_found"
+
+
+@pytest.mark.parametrize("url, base, path", [
+    ("/imaging/predict", "/imaging", "/predict"),
+    ("/imaging", "/imaging", "/"),
+    ("/imagingX/predict", "/imaging", "/imagingX/predict"),  # a prefix of a segment is not the base path
+    ("/v2/models/a%20b/", "", "/v2/models/a b"),             # unquoted, no trailing slash
+    ("/predict?x=1", "", "/predict"),
+    ("", "", "/"),
+])
+def test_path_of(url, base, path):
+    assert routes.path_of(Request("GET", url), base) == path
+
+
+@pytest.mark.parametrize("gateway, method, url, runs", [
+    (False, "POST", "/", True),                    # a direct invocation always runs the model
+    (True, "POST", "/predict", True),
+    (True, "POST", "/base/v2/models/m/infer", True),
+    (True, "GET", "/v2/models/m", False),
+    (True, "GET", "/v2/health/ready", False),
+    (True, "POST", "/v2/health/live", False),
+])
+def test_runs_inference(gateway, method, url, runs):
+    assert routes.runs_inference(Request(method, url, gateway=gateway)) is runs
+
+
+def test_parse_json_names_the_fault():
+    assert routes.parse_json(b'{"a": 1}') == {"a": 1}
+    for bad in (b"{nope", b"\xff\xfe"):
+        with pytest.raises(Exception) as caught:
+            routes.parse_json(bad)
+        assert caught.value.status == 400 and caught.value.code == "invalid_json"
