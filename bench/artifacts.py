@@ -77,7 +77,7 @@ def package(name: str) -> bundles.Bundle:
             options = Options(name=name, task=m.task, activation=out_spec.activation, decision=out_spec.decision,
                               labels=list(out_spec.labels or []) or None, image=image, layout=m.inputs[0].layout)
         options.optimize_for, options.int8, options.calibration, options.force = ["native"], ["native"], cal, True
-        from onnxfn.tools.artifacts import Thresholds
+        from onnxfn.tools.accuracy import Thresholds
         options.thresholds = Thresholds(min_dice=0.95)
         bundle = build(model, out, options)
         for line in options.report:
@@ -86,7 +86,6 @@ def package(name: str) -> bundles.Bundle:
 
 
 def measure(bundle: bundles.Bundle, rounds: int, runs: int) -> list[dict]:
-    import onnxruntime as ort
     m = bundle.manifest
     spec = m.inputs[0]
     x = example(spec).astype(np.float32)
@@ -98,10 +97,9 @@ def measure(bundle: bundles.Bundle, rounds: int, runs: int) -> list[dict]:
     for _ in range(rounds):  # alternate artifacts every round
         for artifact in m.artifacts:
             for threads in (1, 2):
-                options = sessions.options(threads, artifact)
+                sessions.engine()  # imported before the clock starts
                 started = time.perf_counter()
-                session = ort.InferenceSession(str(bundle.path(artifact)), sess_options=options,
-                                               providers=["CPUExecutionProvider"])
+                session = sessions.create(bundle.path(artifact), threads, artifact)
                 if threads == 1:
                     create[artifact.path].append((time.perf_counter() - started) * 1000)
                 session.run(None, {spec.name: x})

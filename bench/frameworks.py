@@ -74,9 +74,8 @@ elif fw == "paddle":
         ih.copy_from_cpu(x); pred.run(); return oh.copy_to_cpu()
     variants["paddle.inference"] = infer
 
-import onnxruntime as ort
-from onnxfn.runtime.session import options as session_options
-sess = ort.InferenceSession(f"{M}/{bundle}/model.onnx", sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+from onnxfn.runtime import session as sessions
+sess = sessions.create(f"{M}/{bundle}/model.onnx", threads)
 name = sess.get_inputs()[0].name
 out = [sess.get_outputs()[0].name] if fw != "sklearn" else ["probabilities"]
 def onnx(): return sess.run(out, {name: x})[0]

@@ -10,6 +10,8 @@ import pytest
 
 from tests.support.models import DIGIT, MODELS, ROOT, identity_segmenter, onnx_model
 from onnxfn.tools import bench
+from onnxfn.tools.bench import plan as planning
+from onnxfn.tools.bench.merge import merge
 from onnxfn.bundles import bundle as bundles
 from onnxfn.runtime import cpu
 from onnxfn.runtime import loader as runner
@@ -185,17 +187,17 @@ def test_shapes_parse():
 
 
 def test_a_framework_that_is_not_installed_is_named_and_the_rest_benched(monkeypatch):
-    monkeypatch.setattr(bench, "_have", lambda module: False)
+    monkeypatch.setattr(planning, "have", lambda module: False)
     skipped, notes = [], []
-    options = bench.Options(torch="bench.factories:digits_cnn", sklearn=ROOT / "x.pkl", quick=True).resolved()
-    assert bench._framework_candidates(options, notes, skipped) == []
+    options = bench.BenchOptions(torch="bench.factories:digits_cnn", sklearn=ROOT / "x.pkl", quick=True).resolved()
+    assert planning.framework_candidates(options, notes, skipped) == []
     assert any("torch is not installed" in s["why"] and "pip install -e '.[dev]'" in s["why"] for s in skipped)
     assert any("scikit-learn is not installed" in s["why"] for s in skipped)
 
 
 def test_merge_joins_runs_and_keeps_ids_apart(digits, lesion, tmp_path):
     out, _ = digits
-    merged = bench.merge([out / "results.json", out / "results.json"])
+    merged = merge([out / "results.json", out / "results.json"])
     ids = [c["id"] for c in merged["candidates"]]
     assert len(ids) == len(set(ids)) == 2 * len(json.loads((out / "results.json").read_text())["candidates"])
     assert len(merged["merged_from"]) == 2 and merged["winner"] is not None
@@ -203,7 +205,7 @@ def test_merge_joins_runs_and_keeps_ids_apart(digits, lesion, tmp_path):
                  "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "report.md").exists()
     with pytest.raises(bench.BenchError, match="different models"):
-        bench.merge([out / "results.json", lesion[0] / "results.json"])
+        merge([out / "results.json", lesion[0] / "results.json"])
 
 
 @pytest.mark.slow  # needs the dev extra (PyTorch): pytest -m slow tests/unit/tools/test_bench.py
