@@ -69,7 +69,7 @@ def package(name: str) -> bundles.Bundle:
             options = Options(name=name, task="classification", activation="softmax", image={"scaling": "unit"})
         else:
             m = source.manifest
-            model = source.path(m.portable)
+            model = source.fetch(m.portable)
             out_spec = m.primary_output
             image = {k: v for k, v in vars(m.inputs[0].image).items() if v is not None}
             if image.get("window") is not None:
@@ -99,7 +99,7 @@ def measure(bundle: bundles.Bundle, rounds: int, runs: int) -> list[dict]:
             for threads in (1, 2):
                 sessions.engine()  # imported before the clock starts
                 started = time.perf_counter()
-                session = sessions.create(bundle.path(artifact), threads, artifact)
+                session = sessions.create(bundle.fetch(artifact), threads, artifact)
                 if threads == 1:
                     create[artifact.path].append((time.perf_counter() - started) * 1000)
                 session.run(None, {spec.name: x})

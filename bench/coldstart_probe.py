@@ -66,7 +66,7 @@ def session_and_runs(out: dict, bundle, threads: int, options=None, path: str | 
     artifact = bundle.manifest.portable
     sessions.engine()  # onnxruntime is imported before the clock starts, as before
     t = time.perf_counter()
-    session = sessions.create(path or bundle.path(artifact), threads, session_options=options)
+    session = sessions.create(path or bundle.fetch(artifact), threads, session_options=options)
     out["session_ms"] = ms(t)
     out["hwm_after_session_mb"] = hwm()
     t = time.perf_counter()

@@ -21,20 +21,21 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle read from `root` (a local folder, or the cache's blob folder for a remote one); `path` hands out
+    """A bundle read from `root` (a local folder, or the cache's blob folder for a remote one); `fetch` hands out
     its artifacts verified. `files` None: all were checked on load."""
     root: Path
     manifest: mf.Manifest
-    files: dict[str, Path] | None = None  # artifact path -> verified file, filled on first use by `fetch`
+    files: dict[str, Path] | None = None  # artifact path -> verified file, filled on first use by `fetcher`
     manifest_sha256: str | None = None
     version: str | None = None  # the store's version of manifest.json (ETag), for revalidation
-    fetch: Callable[[mf.Artifact], Path] | None = field(default=None, compare=False)  # verifies (and downloads)
+    fetcher: Callable[[mf.Artifact], Path] | None = field(default=None, compare=False)  # verifies (and downloads)
 
-    def path(self, artifact: mf.Artifact) -> Path:
-        """The artifact's verified file (a remote bundle fetches it into the cache now)."""
+    def fetch(self, artifact: mf.Artifact) -> Path:
+        """The artifact's verified file: the first time, a remote bundle downloads it from object storage into
+        the cache and a local one checks its size and sha256; later calls hand out the same file."""
         if self.files is not None:
-            if artifact.path not in self.files and self.fetch is not None:
-                self.files[artifact.path] = self.fetch(artifact)
+            if artifact.path not in self.files and self.fetcher is not None:
+                self.files[artifact.path] = self.fetcher(artifact)
             return self.files[artifact.path]
         return self.root / artifact.path
 
@@ -63,12 +64,12 @@ def read_manifest(root: Path) -> tuple[mf.Manifest, str]:
 
 def load(root: Path, eager: bool = True) -> Bundle:
     """Read and validate a bundle. Eager: check every artifact's size and sha256 now; else each artifact
-    is checked the first time `Bundle.path` hands it out (a function checks only the one it serves)."""
+    is checked the first time `Bundle.fetch` hands it out (a function checks only the one it serves)."""
     root = Path(root)
     manifest, digest = read_manifest(root)
     if not eager:
         return Bundle(root, manifest, files={}, manifest_sha256=digest,
-                      fetch=lambda artifact: check_file(root / artifact.path, artifact))
+                      fetcher=lambda artifact: check_file(root / artifact.path, artifact))
     bundle = Bundle(root, manifest, manifest_sha256=digest)
     for artifact in bundle.manifest.artifacts:
         verify_artifact(bundle, artifact)
@@ -77,7 +78,7 @@ def load(root: Path, eager: bool = True) -> Bundle:
 
 def verify_artifact(bundle: Bundle, artifact: mf.Artifact) -> None:
     """Check one artifact's file against its manifest entry; `BundleError` when missing or its size or sha256 differ."""
-    check_file(bundle.path(artifact), artifact)
+    check_file(bundle.fetch(artifact), artifact)
 
 
 def check_file(path: Path, artifact: mf.Artifact) -> Path:

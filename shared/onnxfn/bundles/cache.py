@@ -95,7 +95,7 @@ class Cache:
             """Artifacts are fetched when the runner asks for them: only the one it chooses (and the portable
             one if that fails), not every CPU class's."""
             return self.artifact(store, artifact, deadline, keep)
-        return bundles.Bundle(self.blobs, manifest, {}, manifest_sha256=digest, version=version, fetch=fetch)
+        return bundles.Bundle(self.blobs, manifest, {}, manifest_sha256=digest, version=version, fetcher=fetch)
 
     def artifact(self, store: Store, artifact: mf.Artifact, deadline: float, keep: set[str]) -> Path:
         """The cached file of `artifact`, downloaded and verified (retried until `deadline`) unless already there;

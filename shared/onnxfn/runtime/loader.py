@@ -54,7 +54,7 @@ def load(settings: Settings, deadline: float | None = None, warmup: bool = True,
     failures: list[tuple[Artifact, BundleError]] = []
     for artifact in order:
         try:
-            path = bundle.path(artifact)  # fetched (remote) and verified, before onnxruntime is imported
+            path = bundle.fetch(artifact)  # downloaded (remote) and verified, before onnxruntime is imported
             if not engine_ready:
                 fetched = time.perf_counter()
                 sessions.engine()

@@ -140,7 +140,7 @@ def check(root: Path, inputs: Path, outputs: Path, framework: str, *, max_abs: f
 
     manifest = bundle.manifest
     artifact = manifest.portable
-    session = sessions.create(bundle.path(artifact), 1, what=artifact.path)
+    session = sessions.create(bundle.fetch(artifact), 1, what=artifact.path)
     nodes = {i.name: i for i in session.get_inputs()}
     if len(nodes) != 1:
         raise BadRequest(f"prove feeds one input, but the model takes {len(nodes)}: {', '.join(nodes)}")

@@ -15,7 +15,7 @@ def test_demo_bundles_verify():
     for name in ("digits-cnn", "digits-sklearn", "lesion-unet"):
         b = bundles.load(MODELS / name)
         assert b.manifest.name == name
-        assert bundles.sha256_file(b.path(b.manifest.portable)) == b.manifest.portable.sha256
+        assert bundles.sha256_file(b.fetch(b.manifest.portable)) == b.manifest.portable.sha256
 
 
 @pytest.mark.parametrize("damage, code, words", [
@@ -50,7 +50,7 @@ def test_write_refuses_a_non_empty_folder_and_leaves_no_staging(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    files = {"model.onnx": source.path(source.manifest.portable)}
+    files = {"model.onnx": source.fetch(source.manifest.portable)}
     with pytest.raises(BundleError, match="--force"):
         bundles.write(out, source.manifest, files)
     assert (out / "keep.txt").read_text() == "mine"

@@ -23,7 +23,7 @@ def test_download_is_verified_and_reused(tmp_path, served):
     cache = Cache(tmp_path / "cache", 10 << 20)
     store = open_store(served.url)
     first = cache.bundle(store, None, later())
-    path = first.path(first.manifest.portable)
+    path = first.fetch(first.manifest.portable)
     assert path.parent == cache.blobs and path.name == first.manifest.portable.sha256
     assert bundles.sha256_file(path) == first.manifest.portable.sha256
     assert sys.getswitchinterval() == pytest.approx(0.005)
@@ -51,7 +51,7 @@ def test_a_damaged_artifact_is_never_kept(tmp_path, served):
     cache = Cache(tmp_path / "cache", 10 << 20)
     bundle = cache.bundle(open_store(served.url), None, later())  # the manifest only
     with pytest.raises(BundleError) as e:
-        bundle.path(bundle.manifest.portable)  # the artifact is fetched when it is asked for
+        bundle.fetch(bundle.manifest.portable)  # the artifact is fetched when it is asked for
     assert e.value.code == "checksum_mismatch" and "model.onnx" in e.value.message
     assert list(cache.blobs.iterdir()) == [] and list(cache.partial.iterdir()) == []
     assert sys.getswitchinterval() == pytest.approx(0.005)  # the download's short interval is undone
@@ -69,7 +69,7 @@ def test_a_cut_connection_mid_download_is_retried_and_leaves_nothing(tmp_path, s
     store = open_store(served.url)
     manifest_first = cache.bundle  # the manifest is small: cut it too, then the artifact
     bundle = manifest_first(store, None, later())
-    assert bundles.sha256_file(bundle.path(bundle.manifest.portable)) == bundle.manifest.portable.sha256
+    assert bundles.sha256_file(bundle.fetch(bundle.manifest.portable)) == bundle.manifest.portable.sha256
     assert list(cache.partial.iterdir()) == []
 
 
@@ -143,5 +143,5 @@ def test_only_the_artifacts_asked_for_are_fetched(tmp_path, served):
     manifest["artifacts"].append(extra)
     (served.root / "manifest.json").write_text(json.dumps(manifest))
     bundle = Cache(tmp_path / "cache", 10 << 20).bundle(open_store(served.url), None, later())
-    bundle.path(bundle.manifest.portable)
+    bundle.fetch(bundle.manifest.portable)
     assert not any(r.endswith("model.big.onnx") for r in served.faults.requests)

@@ -56,7 +56,7 @@ def load_target(path: Path) -> Target:
         bundle = bundles.load(path)
         m = bundle.manifest
         return Target(path=path, is_bundle=True, name=m.name, task=m.task, inputs=m.inputs,
-                      primary=m.primary_output, artifacts=[(a, bundle.path(a)) for a in m.artifacts],
+                      primary=m.primary_output, artifacts=[(a, bundle.fetch(a)) for a in m.artifacts],
                       manifest=m, manifest_sha256=bundle.manifest_sha256)
     if path.is_file() and path.suffix in (".onnx", ".ort"):
         from onnxfn.tools.package import describe
