@@ -49,7 +49,11 @@ def test_no_runtime_module_imports_a_tool():
     assert offenders == []
 
 
-def test_the_image_copies_the_runtime_only():
-    ignore = (ROOT / "layers" / "Dockerfile.dockerignore").read_text().split()
-    assert "!shared/onnxfn/" in ignore and "shared/onnxfn/tools/" in ignore
-    assert ignore.index("shared/onnxfn/tools/") > ignore.index("!shared/onnxfn/")  # the later rule wins
+def test_both_images_copy_the_runtime_only():
+    layered = (ROOT / "layers" / "Dockerfile.dockerignore").read_text().split()
+    assert "!shared/onnxfn/" in layered and "shared/onnxfn/tools/" in layered
+    assert layered.index("shared/onnxfn/tools/") > layered.index("!shared/onnxfn/")  # the later rule wins
+    fn_build = (ROOT / ".dockerignore").read_text().split()  # `fn deploy` sends the root as the context
+    assert "shared/onnxfn/tools/" in fn_build and not any(line.startswith("!") for line in fn_build)
+    for needed in ("functions", "shared", "models", "func.yaml", "requirements.txt"):
+        assert needed not in fn_build and needed + "/" not in fn_build
