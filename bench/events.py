@@ -205,9 +205,10 @@ def run(fn: Function, weed_pid: int, bucket: str, single: list[str], batched: di
     return out
 
 
-def start_function(s3: S3Server, model: str, threads: int) -> Function:
+def start_function(s3: S3Server, model: str, threads: int, bucket: str) -> Function:
     env = {**s3.env(), "MODEL_URI": str(ROOT / "models" / model), "ONNXFN_OCI_ENDPOINT": s3.endpoint,
-           "ONNXFN_OCI_REGION": "us-phoenix-1", "ONNXFN_BAKED_BUNDLE": "", "ONNXFN_THREADS": str(threads)}
+           "ONNXFN_OCI_REGION": "us-phoenix-1", "ONNXFN_BAKED_BUNDLE": "", "ONNXFN_THREADS": str(threads),
+           "ONNXFN_EVENT_SOURCES": f"oci://{bucket}@benchns/,s3://{bucket}/"}
     return Function(entry=ROOT / "functions" / "events.py", env=env).start()
 
 
@@ -313,7 +314,7 @@ def main() -> int:
             batched = {f"{model}/batch/{i:04d}.{ext}": d for i, d in enumerate(inputs)}
             upload(client, bucket, {**single, **batched, f"{model}/warm.{ext}": inputs[0],
                                     f"{model}/warm-s3.{ext}": inputs[0]})
-            fn = start_function(s3, model, args.threads)
+            fn = start_function(s3, model, args.threads, bucket)
             try:
                 warmups[model] = {"oci_event": warm(fn, oci_event(bucket, f"{model}/warm.{ext}")),
                                   "s3_event": warm(fn, s3_event(bucket, {f"{model}/warm-s3.{ext}": inputs[0]}))}

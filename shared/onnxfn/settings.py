@@ -50,6 +50,10 @@ class Settings:
     output_uri: str = ""
     """OUTPUT_URI: where event-triggered results go (s3://bucket/prefix/ or oci://bucket@namespace/prefix/; a
     prefix is required); empty writes them under results/ in the source object's bucket."""
+    event_sources: str = ""
+    """ONNXFN_EVENT_SOURCES: the buckets (and key prefixes) whose Object Storage events are processed, comma-separated
+    oci://bucket@namespace/prefix/ or s3://bucket/prefix/ entries; empty takes OUTPUT_URI's bucket, and without
+    OUTPUT_URI an event is refused as a configuration error. Events for any other bucket are refused per object."""
     max_body_bytes: int = 6 * 1024 * 1024
     """ONNXFN_MAX_BODY_BYTES: largest request body or event object accepted, 413 above (Oracle Functions caps
     invoke bodies at 6 MB)."""
@@ -108,6 +112,9 @@ class Settings:
                 raise ConfigError(f"OUTPUT_URI {self.output_uri!r} names no prefix: results written at a bucket's "
                                   "root look like new inputs and would trigger the function again; add one, "
                                   "e.g. s3://bucket/results/")
+        if self.event_sources:
+            from onnxfn.events.sources import parse
+            parse(self.event_sources)
         if self.s3_client not in ("auto", "lean", "boto3"):
             raise ConfigError(f"ONNXFN_S3_CLIENT must be auto, lean or boto3, got {self.s3_client!r}")
         if self.storage_timeout < 1:

@@ -53,10 +53,12 @@ def s3_event(bucket: str, *records: tuple[str, str], client=None) -> bytes:
 
 
 @pytest.fixture
-def events_fn(function, s3, tmp_path):
+def events_fn(function, s3, tmp_path, bucket):
+    """Start the events entry point; the test's bucket (in both services' forms) is the allowed source."""
     def start(model="digits-cnn", **extra):
         env = {**s3.env(), "MODEL_URI": str(MODELS / model), "ONNXFN_OCI_ENDPOINT": s3.endpoint,
-               "ONNXFN_OCI_REGION": "us-phoenix-1", "ONNXFN_BAKED_BUNDLE": "", **extra}
+               "ONNXFN_OCI_REGION": "us-phoenix-1", "ONNXFN_BAKED_BUNDLE": "",
+               "ONNXFN_EVENT_SOURCES": f"oci://{bucket}@testns/,s3://{bucket}/", **extra}
         return function(env, entry=ROOT / "functions" / "events.py")
     return start
 
@@ -251,6 +253,31 @@ def test_results_to_another_bucket(events_fn, s3, s3_client, bucket):
         assert keys(s3_client, out) == ["onnx/d.png.json"]
     finally:
         s3.delete_bucket(out)
+
+
+def test_events_for_a_bucket_not_allowed_are_refused_and_touch_nothing(events_fn, s3, s3_client, bucket):
+    other = s3.new_bucket("not-allowed")
+    try:
+        s3_client.put_object(Bucket=other, Key="d.png", Body=DIGIT)
+        fn = events_fn()
+        summary = fn.call(oci_event(other, "d.png"), "application/json").json()
+        assert summary["refused"] == 1 and summary["objects"][0]["outcome"] == "refused"
+        assert "ONNXFN_EVENT_SOURCES" in summary["objects"][0]["reason"]
+        assert keys(s3_client, other) == ["d.png"]  # nothing read into a result, nothing written
+        assert "d.png" not in fn.logs()
+        s3_client.put_object(Bucket=bucket, Key="d.png", Body=DIGIT)  # the allowed bucket still works
+        assert fn.call(oci_event(bucket, "d.png"), "application/json").json()["written"] == 1
+    finally:
+        s3.delete_bucket(other)
+
+
+def test_without_sources_or_output_uri_an_event_is_a_configuration_error(function, s3, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="d.png", Body=DIGIT)
+    fn = function({**s3.env(), "MODEL_URI": str(MODELS / "digits-cnn"), "ONNXFN_BAKED_BUNDLE": ""},
+                  entry=ROOT / "functions" / "events.py")
+    reply = fn.call(s3_event(bucket, ("ObjectCreated:Put", "d.png")), "application/json")
+    assert reply.status == 502 and reply.json()["code"] == "configuration_error"  # 502: the platform retries
+    assert "ONNXFN_EVENT_SOURCES" in reply.json()["error"] and keys(s3_client, bucket) == ["d.png"]
 
 
 def test_a_non_event_body_is_refused_by_the_events_entry_point(events_fn):

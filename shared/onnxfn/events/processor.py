@@ -3,6 +3,10 @@ run through the model's task, and answered beside it (`results.py` writes the an
 an error record, idempotently).
 
 Rules:
+- Allow-listed and validated: an object's bucket, namespace and name are checked against the
+  documented syntax (`names.py`) and the configured sources (`sources.py`) before anything is
+  built from them; any other object is refused, nothing read or written, and logged without
+  its names.
 - Loop-safe: delete events, objects under the output prefix, result-like names and objects
   that are not input types are skipped with a logged reason.
 - Failures: a poison object gets `.error.json` and the invocation succeeds (the platform must
@@ -18,8 +22,9 @@ from dataclasses import dataclass
 from onnxfn import logs
 from onnxfn.bundles.source import store_for
 from onnxfn.errors import BadRequest, InferenceError, ObjectMissing, OnnxfnError, PayloadTooLarge
-from onnxfn.events import envelopes as ev
+from onnxfn.events import envelopes as ev, names
 from onnxfn.events.results import DEFAULT_PREFIX, RESULT_SUFFIXES, Results
+from onnxfn.events.sources import VARIABLE, Source, configured
 from onnxfn.settings import Settings
 from onnxfn.storage.retry import retrying
 from onnxfn.storage.s3 import S3Store
@@ -32,9 +37,9 @@ INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".di
 @dataclass
 class Outcome:
     """What became of one object: written, skipped or failed, and why."""
-    bucket: str
-    key: str
-    outcome: str            # written, skipped, failed
+    bucket: str | None      # None when the event's name failed validation (never repeated)
+    key: str | None
+    outcome: str            # written, skipped, failed, refused
     reason: str = ""
     outputs: tuple[str, ...] = ()
     ms: dict | None = None
@@ -61,19 +66,27 @@ class Processor:
         """Process an event envelope; a summary of what became of each object. `deadline` is the call's
         Fn-Deadline as time.monotonic() (None: a minute from now)."""
         refs = ev.parse(document)  # malformed envelopes fail here: nothing is written
+        sources = configured(self.settings.event_sources, self.settings.output_uri)
         model, _ = self.service.model(deadline=deadline)
         budget = (deadline - self.settings.deadline_margin_ms / 1000) if deadline is not None \
             else time.monotonic() + 60
-        results = [self._one(ref, model, deadline, budget) for ref in refs]
-        summary = {o: sum(r.outcome == o for r in results) for o in ("written", "skipped", "failed")}
+        results = [self._one(ref, model, deadline, budget, sources) for ref in refs]
+        summary = {o: sum(r.outcome == o for r in results) for o in ("written", "skipped", "failed", "refused")}
         return {"objects": [r.to_dict() for r in results], **summary,
                 "model": {"name": model.manifest.name, "version": model.manifest.version,
                           "sha256": model.manifest.portable.sha256}}
 
     # -- one object ----------------------------------------------------------------------------
-    def _one(self, ref: ev.ObjectRef, model, deadline: float | None, budget: float) -> Outcome:
-        """One object: skipped, answered (`deadline` bounds its inference, `budget` its storage calls) or
-        recorded as failed."""
+    def _one(self, ref: ev.ObjectRef, model, deadline: float | None, budget: float,
+             sources: tuple[Source, ...]) -> Outcome:
+        """One object: refused, skipped, answered (`deadline` bounds its inference, `budget` its storage calls)
+        or recorded as failed."""
+        refusal = _refusal(ref, sources)
+        if refusal:
+            reason, message = refusal
+            logs.event(log, "event_object_refused", source=ref.source, reason=reason)
+            valid = not (names.bucket_problem(ref.bucket, ref.source) or names.key_problem(ref.key))
+            return Outcome(ref.bucket if valid else None, ref.key if valid else None, "refused", message)
         source, output = self._stores(ref)
         skip = self._skip_reason(ref, source, output)
         if skip:
@@ -168,6 +181,20 @@ class Processor:
             return f"not an input type ({name.rsplit('.', 1)[-1]}); inputs are {', '.join(INPUT_SUFFIXES)} " \
                    "or names without an extension (DICOM)"
         return ""
+
+
+def _refusal(ref: ev.ObjectRef, sources: tuple[Source, ...]) -> tuple[str, str] | None:
+    """(reason, message) when the object must not be touched: a name that fails validation, or a bucket and
+    prefix outside the allowed sources. Names are quoted only once they have passed validation."""
+    problem = ((names.namespace_problem(ref.namespace) if ref.source == "oci" else None)
+               or names.bucket_problem(ref.bucket, ref.source) or names.key_problem(ref.key))
+    if problem:
+        return "invalid_name", problem
+    if not any(source.allows(ref) for source in sources):
+        where = f"{ref.source}://{ref.bucket}" + (f"@{ref.namespace}" if ref.source == "oci" else "")
+        return "not_allowed", (f"{names.shown(where)} (or this key's prefix) is not among the event sources this "
+                               f"function processes ({VARIABLE}): nothing was read or written")
+    return None
 
 
 def _content_type(key: str) -> str | None:
