@@ -24,8 +24,11 @@ from onnxfn.runtime import cpu, session as sessions
 from onnxfn.runtime.model import Model
 from onnxfn.runtime.selection import applies, choose, tuning_for
 from onnxfn.settings import Settings
+from onnxfn.storage import deadline as storage_deadline
 
 log = logging.getLogger("onnxfn")
+#: how long a background revalidation (and the load of a changed bundle) may use storage
+REVALIDATION_SECONDS = 300
 
 
 def load(settings: Settings, deadline: float | None = None, warmup: bool = True,
@@ -176,8 +179,10 @@ class Runner:
                     raise BundleError(f"the portable artifact {model.artifact!r} cannot run: {e.message}",
                                       code="warmup_failed") from None
                 logs.event(log, "artifact_failed", logging.WARNING, artifact=model.artifact, error=e.message)
-            fresh = load(self.settings, self._budget(deadline), warmup=True,
-                         skip=frozenset(model.fallbacks) | {model.artifact}, resolved=(model.bundle, model.source))
+            budget = self._budget(deadline)
+            with storage_deadline.within(budget):  # downloading the next artifact ends with this call
+                fresh = load(self.settings, budget, warmup=True,
+                             skip=frozenset(model.fallbacks) | {model.artifact}, resolved=(model.bundle, model.source))
             self._swap(model, fresh)
             return fresh
 
@@ -203,8 +208,11 @@ class Runner:
                          name="onnxfn-load").start()
 
     def _load(self, future: Future, budget: float | None, warmup: bool = True) -> None:
+        """The load thread: every storage request (DNS, connect, each read) ends by `budget` (a black-holed
+        server does not keep the load, and the calls waiting for it, past the call that began it)."""
         try:
-            model = load(self.settings, budget, warmup)
+            with storage_deadline.within(budget):
+                model = load(self.settings, budget, warmup)
         except BaseException as e:  # handed to every waiting call; nothing is kept
             future.set_exception(e)
             return
@@ -227,23 +235,29 @@ class Runner:
         threading.Thread(target=self._revalidate, args=(model,), daemon=True, name="onnxfn-revalidate").start()
 
     def _revalidate(self, model: Model) -> None:
+        until = time.monotonic() + REVALIDATION_SECONDS
         try:
-            store = store_for(self.settings)
-            version = store.stat(bundles.MANIFEST).version
-            if version is not None and version == model.bundle.version:
-                return
-            raw, version = store.read(bundles.MANIFEST, 1 << 20)
-            if hashlib.sha256(raw).hexdigest() == model.bundle.manifest_sha256:
-                model.bundle = dataclasses.replace(model.bundle, version=version)
-                return
-            fresh = load(self.settings, time.monotonic() + 300)
-            if self._swap(model, fresh):
-                self.swaps += 1
-            logs.event(log, "model_swapped", old=model.bundle.manifest_sha256, new=fresh.bundle.manifest_sha256,
-                       version=fresh.manifest.version)
+            with storage_deadline.within(until):
+                self._recheck_bundle(model, until)
         except OnnxfnError as e:
             logs.event(log, "revalidation_failed", logging.WARNING, error=e.message, code=e.code)
         except Exception as e:  # never let a background check take the process down
             logs.event(log, "revalidation_failed", logging.WARNING, error=f"{type(e).__name__}: {e}")
         finally:
             self._checking = False
+
+    def _recheck_bundle(self, model: Model, until: float) -> None:
+        """Compare the bundle's manifest with the one served; load and swap in a changed bundle (by `until`)."""
+        store = store_for(self.settings)
+        version = store.stat(bundles.MANIFEST).version
+        if version is not None and version == model.bundle.version:
+            return
+        raw, version = store.read(bundles.MANIFEST, 1 << 20)
+        if hashlib.sha256(raw).hexdigest() == model.bundle.manifest_sha256:
+            model.bundle = dataclasses.replace(model.bundle, version=version)
+            return
+        fresh = load(self.settings, until)
+        if self._swap(model, fresh):
+            self.swaps += 1
+        logs.event(log, "model_swapped", old=model.bundle.manifest_sha256, new=fresh.bundle.manifest_sha256,
+                   version=fresh.manifest.version)

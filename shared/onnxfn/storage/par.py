@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from onnxfn.errors import ConfigError, ObjectMissing, StorageUnavailable
 from onnxfn.storage.store import CHUNK, Download, Stat, Store
 
+_REDIRECTS = 10  # as many as urllib followed
+
+
+class _Status(Exception):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
 
 class HttpStore(Store):
     """A bundle behind a pre-authenticated request URL ending in /: file names are appended to it and read
-    with plain GETs."""
+    with plain GETs over http.client, DNS, connect and each read bounded by the storage timeout and the
+    call's deadline (`storage.deadline`)."""
 
     def __init__(self, uri: str, timeout: float = 20.0):
         self.uri, self.timeout = uri, timeout
@@ -27,28 +38,58 @@ class HttpStore(Store):
 
     def stat(self, name: str) -> Stat:
         """A HEAD request's Content-Length and ETag; no metadata."""
-        import urllib.request
-        with self._errors(name):
-            with urllib.request.urlopen(urllib.request.Request(self._url(name), method="HEAD"),
-                                        timeout=self.timeout) as response:
-                length = response.headers.get("Content-Length")
-                return Stat(int(length) if length else None, response.headers.get("ETag"))
+        with self._errors(name), self._request("HEAD", name) as (response, _):
+            length = response.headers.get("Content-Length")
+            return Stat(int(length) if length else None, response.headers.get("ETag"))
 
     @contextmanager
     def open(self, name: str):
         """A GET's body in chunks, with its ETag; a body cut short of its Content-Length raises
         `StorageUnavailable` while it is read."""
-        import urllib.request
-        with self._errors(name):
-            with urllib.request.urlopen(self._url(name), timeout=self.timeout) as response:
-                length = response.headers.get("Content-Length")
-                yield Download(self._chunks(response, int(length) if length else None, name),
-                               response.headers.get("ETag"))
+        with self._errors(name), self._request("GET", name) as (response, sock):
+            length = response.headers.get("Content-Length")
+            yield Download(self._chunks(response, sock, int(length) if length else None, name),
+                           response.headers.get("ETag"))
 
-    def _chunks(self, response, length: int | None, name: str) -> Iterator[bytes]:
-        """The body in chunks; a body cut short of its Content-Length is a transient failure."""
+    @contextmanager
+    def _request(self, method: str, name: str):
+        """Yield the answer to one request and its socket, redirects followed; an error status raises `_Status`."""
+        from onnxfn.storage.sigv4 import connection, wait
+        url, status = self._url(name), 0
+        for _ in range(_REDIRECTS + 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise _Status(status)  # a redirect elsewhere than http(s): its status is the answer
+            conn = connection(parts.scheme, parts.netloc, wait(min(5.0, self.timeout)))
+            try:
+                conn.connect()
+                sock = conn.sock  # kept: http.client lets go of it when the server closes the connection
+                sock.settimeout(wait(self.timeout))
+                conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
+                             headers={"Connection": "close"})
+                response = conn.getresponse()
+                location, status = response.headers.get("Location"), response.status
+                if status in (301, 302, 303, 307, 308) and location:
+                    url = urljoin(url, location)
+                    continue
+                if response.status >= 300:
+                    raise _Status(response.status)
+                yield response, sock
+                return
+            finally:
+                conn.close()
+        raise _Status(status)  # redirected too many times
+
+    def _chunks(self, response, sock, length: int | None, name: str) -> Iterator[bytes]:
+        """The body in chunks, each read bounded by the storage timeout and the call's deadline; a body cut
+        short of its Content-Length is a transient failure."""
+        from onnxfn.storage.sigv4 import wait
         received = 0
-        for chunk in iter(lambda: response.read(CHUNK), b""):
+        while True:
+            sock.settimeout(wait(self.timeout))
+            chunk = response.read(CHUNK)
+            if not chunk:
+                break
             received += len(chunk)
             yield chunk
         if length is not None and received != length:
@@ -58,20 +99,29 @@ class HttpStore(Store):
     @contextmanager
     def _errors(self, name: str):
         import http.client
-        import urllib.error
+        from onnxfn.storage.s3 import Unreachable
         where = self.describe(name)
         try:
             yield
-        except urllib.error.HTTPError as e:
-            if e.code in (401, 403):
-                raise ConfigError(f"the pre-authenticated URL was refused for {where} ({e.code}): it may have "
+        except _Status as e:
+            if e.status in (401, 403):
+                raise ConfigError(f"the pre-authenticated URL was refused for {where} ({e.status}): it may have "
                                   "expired or been revoked; create a new one", code="storage_auth_failed") from None
-            if e.code == 404:
+            if e.status == 404:
                 raise ObjectMissing(f"{where} does not exist (404)") from None
-            if e.code >= 500 or e.code == 429:
-                raise StorageUnavailable(f"object storage answered {e.code} for {where}; retry later") from None
-            raise StorageUnavailable(f"object storage answered {e.code} for {where}", status=502,
+            if e.status >= 500 or e.status == 429:
+                raise StorageUnavailable(f"object storage answered {e.status} for {where}; retry later") from None
+            raise StorageUnavailable(f"object storage answered {e.status} for {where}", status=502,
                                      code="storage_error") from None
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise StorageUnavailable(f"object storage is unreachable for {where}: {reason}; retry later") from None
+        except (http.client.InvalidURL, UnicodeError):  # their messages repeat the URL, token and all
+            raise ConfigError(f"the pre-authenticated URL for {where} holds characters HTTP cannot carry (spaces, "
+                              "control or non-ASCII characters): percent-encode them in MODEL_URI") from None
+        except (http.client.HTTPException, OSError, Unreachable) as e:
+            raise StorageUnavailable(f"object storage is unreachable for {where}: {_reason(e)}; retry later") from None
+
+
+def _reason(e: Exception) -> str:
+    """What went wrong, without a URL (its path holds the token)."""
+    if isinstance(e, TimeoutError):
+        return "no answer in time (timed out)"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -11,17 +11,25 @@
   redirects), and credentials from profiles, SSO, or instance and container roles.
 
 ONNXFN_S3_CLIENT=boto3 forces boto3 everywhere. Both raise `S3Error` (an HTTP answer) or
-`Unreachable` (no answer); the store turns them into onnxfn errors.
+`Unreachable` (no answer); the store turns them into onnxfn errors. Both wait no longer than the
+storage timeout and the call's deadline (`storage.deadline`) allow: the lean client sets its
+socket's timeout before each DNS lookup, connect and read; boto3's timeouts are fixed per client,
+so under a deadline each of its calls (and each read of a body) runs on a worker thread the caller
+stops waiting for when the deadline comes.
 """
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from onnxfn.errors import ConfigError, ObjectMissing, PreconditionFailed, StorageUnavailable
+from onnxfn.storage import deadline
 from onnxfn.storage.store import CHUNK, Download, Stat, Store
+
+_T = TypeVar("_T")
 
 
 class S3Error(Exception):
@@ -175,8 +183,64 @@ class S3Store(Store):
 
 # -- boto3 ---------------------------------------------------------------------------------------------
 
+class _Workers:
+    """A few daemon threads running botocore calls, so that a caller can stop waiting at its deadline: a call
+    left behind ends by botocore's own timeouts, and never holds up the process's exit."""
+
+    def __init__(self, size: int):
+        self.size, self.threads = size, 0
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+
+    def submit(self, action: Callable[[], _T]):
+        """A Future of action()'s result, run on an idle worker (a new one while there are fewer than `size`)."""
+        from concurrent.futures import Future
+        future: Future = Future()
+        self._jobs.put((future, action))
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                if self.threads < self.size:
+                    self.threads += 1
+                    threading.Thread(target=self._work, daemon=True, name=f"onnxfn-boto3-{self.threads}").start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, action = self._jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(action())
+                except BaseException as e:
+                    future.set_exception(e)
+                del future, action  # a result is not kept alive while the worker waits
+            self._idle.release()
+
+
+_workers = _Workers(8)
+
+
+def _bounded(action: Callable[[], _T], limit: float) -> _T:
+    """action() (a botocore call), waited for `limit` seconds at most, less when the call's deadline is nearer:
+    then `Unreachable`. Without a deadline it runs here, as boto3 does (its own timeouts bound it)."""
+    if deadline.current() is None:
+        return action()
+    from concurrent.futures import TimeoutError as FutureTimeout
+    try:
+        wait = deadline.timeout(limit)
+    except StorageUnavailable as e:
+        raise Unreachable(e.message) from None
+    future = _workers.submit(action)
+    try:
+        return future.result(timeout=wait)
+    except FutureTimeout:
+        future.cancel()  # not started yet (every worker busy): it never will be
+        raise Unreachable(f"no answer within {wait:.1f} s, the time the call's deadline left") from None
+
+
 class Boto3:
-    """boto3's S3 client behind the same four operations."""
+    """boto3's S3 client behind the same four operations; under a call's deadline (`storage.deadline`) each call
+    and each read of a body is waited for only until then."""
 
     def __init__(self, endpoint: str | None, region: str | None, timeout: float):
         import boto3
@@ -188,18 +252,20 @@ class Boto3:
                         retries={"max_attempts": 1, "mode": "standard"},  # onnxfn retries within the deadline
                         connect_timeout=min(5.0, timeout), read_timeout=timeout)
         self.client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        self.timeout = timeout
+        self.limit = min(5.0, timeout) + timeout  # what botocore may take itself: a connect, then a read
 
     def head(self, bucket: str, key: str) -> dict[str, str]:
         """The object's headers, lower-cased, with ETag, content-length and x-amz-meta-* from boto3's fields."""
         with self._errors():
-            head = self.client.head_object(Bucket=bucket, Key=key)
+            head = _bounded(lambda: self.client.head_object(Bucket=bucket, Key=key), self.limit)
         return _boto_headers(head)
 
     @contextmanager
     def get(self, bucket: str, key: str):
         """Yield the object's headers and its body in CHUNK-sized pieces; the body is closed on leaving."""
         with self._errors():
-            response = self.client.get_object(Bucket=bucket, Key=key)
+            response = _bounded(lambda: self.client.get_object(Bucket=bucket, Key=key), self.limit)
         body = response["Body"]
         try:  # what the caller's block raises passes through unchanged
             yield _boto_headers(response), self._chunks(body)
@@ -207,8 +273,13 @@ class Boto3:
             body.close()
 
     def _chunks(self, body) -> Iterator[bytes]:
+        """The body in CHUNK-sized pieces; under a deadline each read is waited for only until then."""
         with self._errors():
-            yield from body.iter_chunks(CHUNK)
+            if deadline.current() is None:
+                yield from body.iter_chunks(CHUNK)
+                return
+            while chunk := _bounded(lambda: body.read(CHUNK), self.timeout):
+                yield chunk
 
     def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """Write `data`; content-type, x-amz-meta-* and the if-match / if-none-match conditions come from `headers`."""
@@ -218,16 +289,16 @@ class Boto3:
         if "if-match" in headers:
             extra["IfMatch"] = headers["if-match"]
         with self._errors():
-            response = self.client.put_object(Bucket=bucket, Key=key, Body=data,
-                                              ContentType=headers.get("content-type", "application/octet-stream"),
-                                              Metadata=metadata(headers), **extra)
+            response = _bounded(lambda: self.client.put_object(
+                Bucket=bucket, Key=key, Body=data, ContentType=headers.get("content-type", "application/octet-stream"),
+                Metadata=metadata(headers), **extra), self.limit)
         return _boto_headers(response)
 
     def copy(self, bucket: str, source: str, target: str) -> None:
         """Copy `source` to `target` within the bucket, server-side, keeping the metadata."""
         with self._errors():
-            self.client.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source},
-                                    MetadataDirective="COPY")
+            _bounded(lambda: self.client.copy_object(Bucket=bucket, Key=target, MetadataDirective="COPY",
+                                                     CopySource={"Bucket": bucket, "Key": source}), self.limit)
 
     @contextmanager
     def _errors(self):

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Iterator
 from urllib.parse import quote, urlsplit
 
-from onnxfn.errors import ConfigError
+from onnxfn.errors import ConfigError, StorageUnavailable
+from onnxfn.storage import deadline
 from onnxfn.storage.s3 import S3Error, Unreachable
 from onnxfn.storage.store import CHUNK
 
@@ -31,6 +32,42 @@ def _tls_context() -> ssl.SSLContext:
     if _tls is None:
         _tls = ssl.create_default_context()
     return _tls
+
+
+class _Bounded(http.client.HTTPConnection):
+    """http.client's connection, its DNS lookup and connect bounded together by its timeout."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _bounded_connect
+
+
+class _BoundedTLS(http.client.HTTPSConnection):
+    """The same over TLS: the handshake gets what is left of the timeout."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _bounded_connect
+
+
+def _bounded_connect(address, timeout, source_address=None):
+    return deadline.connect(address[0], address[1], timeout)
+
+
+def connection(scheme: str, netloc: str, timeout: float) -> http.client.HTTPConnection:
+    """An unopened HTTP(S) connection to `netloc` whose DNS lookup, connect and TLS handshake take `timeout`
+    seconds at most in all (`deadline.connect`); set its socket's timeout for each read after."""
+    if scheme == "https":
+        return _BoundedTLS(netloc, timeout=timeout, context=_tls_context())
+    return _Bounded(netloc, timeout=timeout)
+
+
+def wait(limit: float) -> float:
+    """`deadline.timeout(limit)`, the call's deadline having come being `Unreachable` (the clients' own error)."""
+    try:
+        return deadline.timeout(limit)
+    except StorageUnavailable as e:
+        raise Unreachable(e.message) from None
 
 
 def _check_credential(name: str, value: str | None) -> str | None:
@@ -67,27 +104,29 @@ class Lean:
     # the four operations ----------------------------------------------------------------------
     def head(self, bucket: str, key: str) -> dict[str, str]:
         """The object's response headers, lower-cased; an error status raises `S3Error`."""
-        with self._request("HEAD", bucket, key) as response:
+        with self._request("HEAD", bucket, key) as (response, _):
             return _headers(response)
 
     @contextmanager
     def get(self, bucket: str, key: str) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
         """Yield the object's headers and its body in chunks; a body cut short of its Content-Length
-        raises `Unreachable`."""
-        with self._request("GET", bucket, key, stream=True) as response:
-            yield _headers(response), _chunks(response, response.length)  # length: None when not given
+        raises `Unreachable`; each read waits as long as the storage timeout and the call's deadline allow."""
+        with self._request("GET", bucket, key, stream=True) as (response, sock):
+            # response.length: None when the server gives no Content-Length
+            yield _headers(response), _chunks(response, response.length, sock, self.timeout)
 
     def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """Write `data` with `headers` (content-type, x-amz-meta-*, conditions) as given; the response's headers."""
-        with self._request("PUT", bucket, key, data, headers) as response:
+        with self._request("PUT", bucket, key, data, headers) as (response, _):
             return _headers(response)
 
     def copy(self, bucket: str, source: str, target: str) -> None:
         """Copy `source` to `target` within the bucket, server-side, keeping the metadata; a 200 whose body reports
         an error raises `S3Error` (500)."""
         headers = {"x-amz-copy-source": quote(f"/{bucket}/{source}", safe="/~"), "x-amz-metadata-directive": "COPY"}
-        with self._request("PUT", bucket, target, b"", headers, stream=True) as response:
+        with self._request("PUT", bucket, target, b"", headers, stream=True) as (response, sock):
             try:
+                sock.settimeout(wait(self.timeout))
                 body = response.read()
             except (OSError, http.client.HTTPException) as e:
                 raise Unreachable(f"{type(e).__name__}: {e}") from None
@@ -105,11 +144,12 @@ class Lean:
     @contextmanager
     def _request(self, method: str, bucket: str, key: str, body: bytes = b"", headers: dict[str, str] | None = None,
                  stream: bool = False):
-        """One request on this thread's connection. Only this client's own I/O becomes `Unreachable`:
-        what the caller's block raises (a full cache disk, say) passes through unchanged."""
+        """One request on this thread's connection, yielding the response and its socket (to bound each read
+        of a streamed body). Only this client's own I/O becomes `Unreachable`: what the caller's block raises
+        (a full cache disk, say) passes through unchanged."""
         path = self._path(bucket, key)
         sent = self._sign(method, path, body, headers or {})
-        conn, response = self._send(method, path, body, sent)
+        conn, sock, response = self._send(method, path, body, sent)
         try:
             try:
                 if response.status >= 300:
@@ -121,7 +161,7 @@ class Lean:
                     response.read()
             except (OSError, http.client.HTTPException) as e:
                 raise Unreachable(f"{type(e).__name__}: {e}") from None
-            yield response
+            yield response, sock
         finally:
             if response.will_close or not response.isclosed():
                 # the server closes it, or a body was left unread: this connection cannot be used again
@@ -131,14 +171,17 @@ class Lean:
     def _send(self, method: str, path: str, body: bytes, headers: dict[str, str]):
         """Send on this thread's kept-alive connection. A reused connection the server closed while idle is
         replaced once; should the server have processed the request after all, it is answered twice (the
-        processor's writes are conditional, so a second answer is a 412 it expects)."""
+        processor's writes are conditional, so a second answer is a 412 it expects). The socket waits for the
+        answer as long as the storage timeout and the call's deadline allow."""
         for attempt in (0, 1):
             fresh = getattr(self._local, "conn", None) is None
             conn = None
             try:
                 conn = self._connection()
+                sock = conn.sock  # kept: http.client lets go of it when the server closes the connection
+                sock.settimeout(wait(self.timeout))
                 conn.request(method, path, body=body or None, headers=headers)
-                return conn, conn.getresponse()
+                return conn, sock, conn.getresponse()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
                 self._forget(conn)
                 if fresh or attempt:
@@ -159,13 +202,9 @@ class Lean:
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            connect = min(5.0, self.timeout)
-            if self.scheme == "https":
-                conn = http.client.HTTPSConnection(self.host, timeout=connect, context=_tls_context())
-            else:
-                conn = http.client.HTTPConnection(self.host, timeout=connect)
+            # DNS, connect and TLS: 5 s at most in all, less when the call's deadline is nearer
+            conn = connection(self.scheme, self.host, wait(min(5.0, self.timeout)))
             conn.connect()
-            conn.sock.settimeout(self.timeout)  # connecting may take 5 s at most, each read up to the timeout
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._local.conn = conn
         return conn
@@ -223,11 +262,13 @@ def _headers(response: http.client.HTTPResponse) -> dict[str, str]:
     return {k.lower(): v for k, v in response.getheaders()}
 
 
-def _chunks(response, length: int | None) -> Iterator[bytes]:
-    """The body in chunks; a body cut short of its Content-Length is `Unreachable`."""
+def _chunks(response, length: int | None, sock: socket.socket, limit: float) -> Iterator[bytes]:
+    """The body in chunks, each read waiting `limit` seconds at most, less when the call's deadline is nearer;
+    a body cut short of its Content-Length is `Unreachable`."""
     received = 0
     while True:
         try:
+            sock.settimeout(wait(limit))
             chunk = response.read(CHUNK)
         except (OSError, http.client.HTTPException) as e:
             raise Unreachable(f"{type(e).__name__}: {e}") from None
