@@ -220,9 +220,10 @@ class _Workers:
 _workers = _Workers(8)
 
 
-def _bounded(action: Callable[[], _T], limit: float) -> _T:
+def _bounded(action: Callable[[], _T], limit: float, abandoned: list | None = None) -> _T:
     """action() (a botocore call), waited for `limit` seconds at most, less when the call's deadline is nearer:
-    then `Unreachable`. Without a deadline it runs here, as boto3 does (its own timeouts bound it)."""
+    then `Unreachable` (its Future, still running, appended to `abandoned`). Without a deadline it runs here, as
+    boto3 does (its own timeouts bound it)."""
     if deadline.current() is None:
         return action()
     from concurrent.futures import TimeoutError as FutureTimeout
@@ -234,7 +235,8 @@ def _bounded(action: Callable[[], _T], limit: float) -> _T:
     try:
         return future.result(timeout=wait)
     except FutureTimeout:
-        future.cancel()  # not started yet (every worker busy): it never will be
+        if not future.cancel() and abandoned is not None:  # cancelled: not started yet (every worker busy)
+            abandoned.append(future)
         raise Unreachable(f"no answer within {wait:.1f} s, the time the call's deadline left") from None
 
 
@@ -266,19 +268,23 @@ class Boto3:
         """Yield the object's headers and its body in CHUNK-sized pieces; the body is closed on leaving."""
         with self._errors():
             response = _bounded(lambda: self.client.get_object(Bucket=bucket, Key=key), self.limit)
-        body = response["Body"]
+        body, abandoned = response["Body"], []
         try:  # what the caller's block raises passes through unchanged
-            yield _boto_headers(response), self._chunks(body)
+            yield _boto_headers(response), self._chunks(body, abandoned)
         finally:
-            body.close()
+            if abandoned:  # closing would wait for the read left running (it holds the buffer's lock): after it
+                abandoned[-1].add_done_callback(lambda _: body.close())
+            else:
+                body.close()
 
-    def _chunks(self, body) -> Iterator[bytes]:
-        """The body in CHUNK-sized pieces; under a deadline each read is waited for only until then."""
+    def _chunks(self, body, abandoned: list) -> Iterator[bytes]:
+        """The body in CHUNK-sized pieces; under a deadline each read is waited for only until then (a read
+        left running goes into `abandoned`)."""
         with self._errors():
             if deadline.current() is None:
                 yield from body.iter_chunks(CHUNK)
                 return
-            while chunk := _bounded(lambda: body.read(CHUNK), self.timeout):
+            while chunk := _bounded(lambda: body.read(CHUNK), self.timeout, abandoned):
                 yield chunk
 
     def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
