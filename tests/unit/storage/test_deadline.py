@@ -353,3 +353,50 @@ def test_the_deadline_belongs_to_its_context_not_to_threads_started_in_it():
         thread.join()
         copied = contextvars.copy_context().run(deadline.current)
     assert seen == [None] and copied is not None
+
+
+# -- who sets it -------------------------------------------------------------------------------------
+
+def test_the_background_load_and_revalidation_run_within_their_deadlines(monkeypatch):
+    """The load thread's storage requests end with the budget of the call that began it (its deadline less the
+    margin); a revalidation's within the revalidation's own 300 s."""
+    from types import SimpleNamespace
+    from onnxfn.runtime import loader
+    from onnxfn.settings import Settings
+    seen = {}
+
+    def load(settings, budget=None, warmup=True, **kwargs):
+        seen["load"] = (deadline.current(), budget)
+        raise StorageUnavailable("recorded")
+    monkeypatch.setattr(loader, "load", load)
+    runner = loader.Runner(Settings(model_uri="/nowhere", threads=1, deadline_margin_ms=500))
+    call = time.monotonic() + 5
+    with pytest.raises(StorageUnavailable, match="recorded"):
+        runner.get(deadline=call)
+    assert seen["load"] == (call - 0.5, call - 0.5)
+
+    class Store:
+        def stat(self, name):
+            seen["stat"] = deadline.current()
+            raise StorageUnavailable("recorded")
+    monkeypatch.setattr(loader, "store_for", lambda settings: Store())
+    started = time.monotonic()
+    runner._revalidate(SimpleNamespace(bundle=None))
+    assert started + 299 < seen["stat"] < time.monotonic() + 300.1 and deadline.current() is None
+
+
+def test_the_par_client_follows_redirects_as_urllib_did_and_never_shows_its_token():
+    from onnxfn.errors import ConfigError
+    from onnxfn.storage.par import HttpStore
+    from tests.unit.storage.test_sigv4 import _Scripted
+    server = _Scripted([(302, {"Location": "/elsewhere/m.onnx", "Content-Length": "0"}, b"", False),
+                        (200, {"Content-Length": "2", "ETag": '"r"'}, b"ok", False),
+                        (403, {"Content-Length": "0"}, b"", False)])
+    store = HttpStore(server.url + PAR_PREFIX, timeout=5)
+    with deadline.within(time.monotonic() + 5):
+        assert store.read("m.onnx", 100) == (b"ok", '"r"')
+        with pytest.raises(ConfigError, match="expired or been revoked") as e:
+            store.stat("m.onnx")
+    assert [r[0].split()[1] for r in server.requests] == [PAR_PREFIX + "m.onnx", "/elsewhere/m.onnx",
+                                                          PAR_PREFIX + "m.onnx"]
+    assert "secret-token" not in e.value.message
