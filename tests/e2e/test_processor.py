@@ -280,6 +280,28 @@ def test_without_sources_or_output_uri_an_event_is_a_configuration_error(functio
     assert "ONNXFN_EVENT_SOURCES" in reply.json()["error"] and keys(s3_client, bucket) == ["d.png"]
 
 
+def test_a_black_holed_storage_server_is_answered_within_the_calls_deadline(function, tmp_path):
+    """Object storage that accepts connections and never answers: the event fails (502, so the platform
+    delivers it again) before its Fn-Deadline, not after the 20 s storage timeout."""
+    import socket
+    import time
+    hole = socket.create_server(("127.0.0.1", 0))  # listens, never accepts nor answers
+    try:
+        endpoint = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        fn = function({"MODEL_URI": str(MODELS / "digits-cnn"), "ONNXFN_BAKED_BUNDLE": "",
+                       "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL_S3": endpoint,
+                       "ONNXFN_EVENT_SOURCES": "s3://uploads/", "ONNXFN_DEADLINE_MARGIN_MS": "500"},
+                      entry=ROOT / "functions" / "events.py")
+        fn.call(s3_event("uploads", ("ObjectRemoved:Delete", "warm.png")), "application/json")  # load the model
+        started = time.monotonic()
+        reply = fn.call(s3_event("uploads", ("ObjectCreated:Put", "a.png")), "application/json", deadline=4.0)
+        elapsed = time.monotonic() - started
+        assert reply.status == 502 and reply.json()["code"] == "storage_unavailable", reply.body
+        assert elapsed < 4.0, elapsed
+    finally:
+        hole.close()
+
+
 def test_a_non_event_body_is_refused_by_the_events_entry_point(events_fn):
     fn = events_fn()
     assert fn.call(DIGIT, "image/png").json()["code"] == "invalid_json"

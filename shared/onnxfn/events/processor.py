@@ -11,7 +11,8 @@ Rules:
   that are not input types are skipped with a logged reason.
 - Failures: a poison object gets `.error.json` and the invocation succeeds (the platform must
   not retry it forever); a storage fault fails the invocation so the platform retries.
-- Bounded: every storage call retries transient faults only until just before the call's deadline.
+- Bounded: every storage request (DNS, connect, each read) and every retry of a transient fault
+  ends just before the call's deadline.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from onnxfn.events import envelopes as ev, names
 from onnxfn.events.results import DEFAULT_PREFIX, RESULT_SUFFIXES, Results
 from onnxfn.events.sources import VARIABLE, Source, configured
 from onnxfn.settings import Settings
+from onnxfn.storage import deadline as storage_deadline
 from onnxfn.storage.retry import retrying
 from onnxfn.storage.s3 import S3Store
 from onnxfn.storage.store import Stat
@@ -70,7 +72,8 @@ class Processor:
         model, _ = self.service.model(deadline=deadline)
         budget = (deadline - self.settings.deadline_margin_ms / 1000) if deadline is not None \
             else time.monotonic() + 60
-        results = [self._one(ref, model, deadline, budget, sources) for ref in refs]
+        with storage_deadline.within(budget):  # every DNS lookup, connect and read ends by the call's deadline
+            results = [self._one(ref, model, deadline, budget, sources) for ref in refs]
         summary = {o: sum(r.outcome == o for r in results) for o in ("written", "skipped", "failed", "refused")}
         return {"objects": [r.to_dict() for r in results], **summary,
                 "model": {"name": model.manifest.name, "version": model.manifest.version,
