@@ -208,11 +208,12 @@ class Runner:
                          name="onnxfn-load").start()
 
     def _load(self, future: Future, budget: float | None, warmup: bool = True) -> None:
-        """The load thread: every storage request (DNS, connect, each read) ends by `budget` (a black-holed
-        server does not keep the load, and the calls waiting for it, past the call that began it)."""
+        """The load thread. Its retries stop at `budget`, but a download under way is not cut at the deadline
+        of the call that began it: that call stops waiting at its deadline (`get`) and the load goes on for the
+        next one, so a bundle larger than one call's time still arrives. Each storage request stays bounded by
+        the storage timeout (DNS included)."""
         try:
-            with storage_deadline.within(budget):
-                model = load(self.settings, budget, warmup)
+            model = load(self.settings, budget, warmup)
         except BaseException as e:  # handed to every waiting call; nothing is kept
             future.set_exception(e)
             return

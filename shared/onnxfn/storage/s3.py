@@ -251,7 +251,7 @@ class Boto3:
         config = Config(signature_version="s3v4", s3={"addressing_style": "path" if custom else "auto"},
                         request_checksum_calculation="when_required",
                         response_checksum_validation="when_required",
-                        retries={"max_attempts": 1, "mode": "standard"},  # onnxfn retries within the deadline
+                        retries={"total_max_attempts": 1, "mode": "standard"},  # one attempt: onnxfn retries within the deadline
                         connect_timeout=min(5.0, timeout), read_timeout=timeout)
         self.client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
         self.timeout = timeout
