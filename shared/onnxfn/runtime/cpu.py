@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
+PROC = Path("/proc/self")
 CPUINFO = Path("/proc/cpuinfo")
 #: Features onnxfn looks for, per architecture, as /proc/cpuinfo names them (amx_int8 is reported as amx).
 FEATURES = {"x86_64": ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"),
@@ -53,18 +55,90 @@ def describe() -> dict:
     return {"arch": arch(), "features": list(found) if found is not None else None}
 
 
-def quota(cgroup: Path = CGROUP) -> float | None:
-    """CPUs granted by the cgroup's CFS quota (v2 `cpu.max`, else v1), or None when unlimited."""
+def quota(cgroup: Path | None = None, proc: Path = PROC) -> float | None:
+    """CPUs granted by the CFS quota, or None when unlimited. By default the quota of this process's own
+    cgroup and of its ancestors (the smallest wins), found through `/proc/self/cgroup` and
+    `/proc/self/mountinfo` for cgroup v2 and v1 alike, as uber-go/automaxprocs does; a container that
+    sees only its own cgroup at the mount root falls back to `/sys/fs/cgroup`. `cgroup` names one folder
+    to read instead (v2 `cpu.max`, else v1 `cpu/cpu.cfs_quota_us`)."""
+    if cgroup is not None:
+        return _folder_quota(cgroup)
+    levels = cgroup_folders(proc)
+    if not levels:
+        return _folder_quota(CGROUP)
+    granted = [q for version, folder in levels if (q := _level_quota(version, folder)) is not None]
+    return min(granted) if granted else None
+
+
+def cgroup_folders(proc: Path = PROC) -> list[tuple[str, Path]]:
+    """The folders of this process's CPU cgroup and of its ancestors up to the hierarchy's mount point, most
+    specific first, each as ("v2" or "v1", folder); empty where /proc cannot tell."""
     try:
-        limit, period = (cgroup / "cpu.max").read_text().split()[:2]
-        if limit != "max":
-            return int(limit) / int(period) if int(limit) > 0 and int(period) > 0 else None
-        return None
+        membership = (proc / "cgroup").read_text().splitlines()
+        mounts = (proc / "mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    paths = {}
+    for line in membership:  # hierarchy-id:controllers:path
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            paths["v2"] = parts[2]
+        elif "cpu" in parts[1].split(","):
+            paths["v1"] = parts[2]
+    found: list[tuple[str, Path]] = []
+    for line in mounts:  # id parent major:minor root mount-point options [optional...] - fstype source super-options
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        version = "v2" if tail[0] == "cgroup2" else "v1" if tail[0] == "cgroup" and "cpu" in tail[2].split(",") else None
+        if version is None or version not in paths or any(v == version for v, _ in found):
+            continue
+        root, point, path = _unescape(fields[3]), Path(_unescape(fields[4])), paths[version]
+        if root != "/" and path != root and not path.startswith(root.rstrip("/") + "/"):
+            continue  # this process's cgroup is not below what this mount shows
+        relative = path[len(root):] if root != "/" else path
+        folder = point / relative.strip("/")
+        while True:
+            found.append((version, folder))
+            if folder == point or point not in folder.parents:
+                break
+            folder = folder.parent
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes spaces, tabs, newlines and backslashes in paths as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _level_quota(version: str, folder: Path) -> float | None:
+    return _v2(folder)[1] if version == "v2" else _v1(folder)
+
+
+def _folder_quota(cgroup: Path) -> float | None:
+    """One folder: v2 `cpu.max` when it can be read, else v1 `cpu/cpu.cfs_quota_us`."""
+    readable, granted = _v2(cgroup)
+    return granted if readable else _v1(cgroup / "cpu")
+
+
+def _v2(folder: Path) -> tuple[bool, float | None]:
+    """(whether `cpu.max` could be read, the CPUs it grants or None for unlimited)."""
+    try:
+        limit, period = (folder / "cpu.max").read_text().split()[:2]
+        if limit == "max":
+            return True, None
+        return True, (int(limit) / int(period) if int(limit) > 0 and int(period) > 0 else None)
     except (OSError, ValueError):
-        pass
+        return False, None
+
+
+def _v1(folder: Path) -> float | None:
     try:
-        limit = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        limit = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
         return limit / period if limit > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
@@ -78,7 +152,7 @@ def affinity() -> int:
         return os.cpu_count() or 1
 
 
-def threads(cgroup: Path = CGROUP) -> int:
+def threads(cgroup: Path | None = None) -> int:
     """Intra-op threads: the CPUs this process may run on, capped by the quota (rounded up:
     1.5 CPUs of quota still profit from a second thread), at least one."""
     cpus = affinity()

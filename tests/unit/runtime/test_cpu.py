@@ -124,3 +124,91 @@ def test_this_machine_is_described():
     described = cpu.describe()
     assert described["arch"] == cpu.arch()
     assert described["features"] is None or set(described["features"]) <= cpu.KNOWN
+
+
+# -- this process's own cgroup, found through /proc/self/cgroup and /proc/self/mountinfo ------------------
+
+def fake_proc(tmp_path: Path, cgroup: str, mountinfo: str) -> Path:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "cgroup").write_text(cgroup)
+    (proc / "mountinfo").write_text(mountinfo)
+    return proc
+
+
+def test_v1_own_cgroup_and_its_ancestors_the_smallest_quota_wins(tmp_path):
+    mount = tmp_path / "fs" / "cpu,cpuacct"
+    for folder, quota in ((mount, "-1"), (mount / "fn", "200000"), (mount / "fn" / "call", "150000")):
+        folder.mkdir(parents=True)
+        (folder / "cpu.cfs_quota_us").write_text(quota)
+        (folder / "cpu.cfs_period_us").write_text("100000")
+    proc = fake_proc(tmp_path, "4:memory:/other\n3:cpu,cpuacct:/fn/call\n0::/\n",
+                     f"31 23 0:28 / {tmp_path / 'fs'} rw - tmpfs tmpfs rw\n"
+                     f"32 31 0:29 / {mount} rw,relatime - cgroup cgroup rw,cpu,cpuacct\n")
+    assert [f for _, f in cpu.cgroup_folders(proc)] == [mount / "fn" / "call", mount / "fn", mount]
+    assert cpu.quota(proc=proc) == 1.5
+    (mount / "fn" / "cpu.cfs_quota_us").write_text("100000")  # a tighter parent limits its children
+    assert cpu.quota(proc=proc) == 1.0
+
+
+def test_v2_inside_a_cgroup_namespace_mount_root_and_escaped_mount_points(tmp_path):
+    mount = tmp_path / "cgroup two"  # mountinfo writes the space as \040
+    (mount / "job").mkdir(parents=True)
+    (mount / "cpu.max").write_text("max 100000\n")
+    (mount / "job" / "cpu.max").write_text("50000 100000\n")
+    escaped = str(mount).replace(" ", "\\040")
+    proc = fake_proc(tmp_path, "0::/kubepods/pod1/job\n",
+                     f"40 31 0:37 /kubepods/pod1 {escaped} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
+    assert cpu.cgroup_folders(proc)[0] == ("v2", mount / "job")
+    assert cpu.quota(proc=proc) == 0.5
+
+
+def test_nothing_in_proc_falls_back_to_the_mount_root(tmp_path):
+    assert cpu.cgroup_folders(tmp_path / "missing") == []
+    proc = fake_proc(tmp_path, "0::/\n", "")  # no cgroup mount listed: nothing to read
+    assert cpu.cgroup_folders(proc) == []
+
+
+CPU_V1 = Path("/sys/fs/cgroup/cpu")
+
+
+@pytest.fixture
+def child_cgroup():
+    """A real child cgroup of the v1 cpu controller (writable as root here), removed afterwards."""
+    if not os.access(CPU_V1 / "cgroup.procs", os.W_OK):
+        pytest.skip("the v1 cpu controller is not writable here (needs root and cgroup v1)")
+    folder = CPU_V1 / f"onnxfn-test-{os.getpid()}"
+    folder.mkdir()
+    yield folder
+    for pid in (folder / "cgroup.procs").read_text().split():
+        try:
+            (CPU_V1 / "cgroup.procs").write_text(pid)  # whatever is left goes back to the root
+        except OSError:
+            pass
+    folder.rmdir()
+
+
+JOIN = "import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid())); del sys.argv[1]; "
+
+
+@pytest.mark.parametrize("quota, cpus, threads", [(150000, 1.5, 2), (100000, 1.0, 1), (50000, 0.5, 1)])
+def test_a_process_in_a_real_child_cgroup_reads_its_own_quota(child_cgroup, quota, cpus, threads):
+    (child_cgroup / "cpu.cfs_period_us").write_text("100000")
+    (child_cgroup / "cpu.cfs_quota_us").write_text(str(quota))
+    code = JOIN + "from onnxfn.runtime import cpu; print(cpu.quota(), cpu.threads())"
+    out = subprocess.run([sys.executable, "-c", code, str(child_cgroup)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "shared")}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(cpus), str(min(threads, cpu.affinity()))]
+
+
+def test_the_function_in_a_child_cgroup_sizes_its_session_from_that_quota(child_cgroup, function):
+    """The real fdk serving from a child cgroup of one CPU: the answer says one intra-op thread."""
+    (child_cgroup / "cpu.cfs_period_us").write_text("100000")
+    (child_cgroup / "cpu.cfs_quota_us").write_text("100000")
+    fdk = JOIN + "sys.argv[0] = 'fdk'; from fdk.scripts.fdk import main; main()"
+    fn = function({"MODEL_URI": str(ROOT / "models" / "digits-cnn"), "ONNXFN_THREADS": "0",
+                   "ONNXFN_BAKED_BUNDLE": ""}, command=[sys.executable, "-c", fdk, str(child_cgroup)])
+    answer = fn.call((ROOT / "samples" / "digit-7.png").read_bytes(), "image/png").json()
+    assert answer["result"]["label"] == "7" and answer["runtime"]["threads"] == 1
+    assert str(fn.process.pid) in (child_cgroup / "cgroup.procs").read_text()
