@@ -15,9 +15,14 @@ not belong to are checked here as a proxy and marked unverified. Sessions (to sa
 graph, to check, to time) come from the one session factory, `onnxfn.runtime.session.create`."""
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -93,9 +98,54 @@ def optimize(source: Path, out: Path, level: str) -> Path:
     return out
 
 
+class _Held(logging.Handler):
+    """Counts the log records it holds back."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+@contextmanager
+def quiet() -> Iterator[_Held]:
+    """Hold third-party chatter back for a block: log records (the quantizer warns on the root logger,
+    hundreds of "Axis 1 is out-of-range" lines for a DenseNet), Python warnings and onnxruntime's own
+    C++ log below errors. The records are counted (`.count`), not shown; the root logger's handlers
+    are put back as they were (logging.warning() alone would install a stderr handler for good)."""
+    root = logging.getLogger()
+    held, saved, level = _Held(), root.handlers[:], root.level
+    root.handlers[:] = [held]
+    root.setLevel(logging.WARNING)
+    ort = sessions.engine()
+    ort.set_default_logger_severity(3)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield held
+    finally:
+        ort.set_default_logger_severity(2)
+        root.handlers[:] = saved
+        root.setLevel(level)
+
+
+@contextmanager
+def step(progress: Callable[[str], None] | None, what: str) -> Iterator[dict]:
+    """Time one packaging step and report it as one line ("quantize x86_64 int8: 12.3 s"); a step may add
+    to the line by setting `note` in the dict it is given."""
+    line = {"note": ""}
+    started = time.perf_counter()
+    yield line
+    if progress is not None:
+        progress(f"{what}: {time.perf_counter() - started:.1f} s{line['note']}")
+
+
 def quantize(source: Path, out: Path, spec: InputSpec, calibration: list[np.ndarray], activation: str,
              reduce_range: bool) -> Path:
-    """Static QDQ int8 quantization of `source` with the `calibration` inputs, saved at `out`."""
+    """Static QDQ int8 quantization of `source` with the `calibration` inputs, saved at `out` (third-party
+    warnings held back: `quiet`)."""
     try:
         from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                               quantize_static)
@@ -110,7 +160,7 @@ def quantize(source: Path, out: Path, spec: InputSpec, calibration: list[np.ndar
             batch = next(self.batches, None)
             return None if batch is None else {spec.name: batch}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
@@ -159,8 +209,10 @@ def gate(candidate: Derived, manifest: Manifest, reference: np.ndarray, got: np.
 
 def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[str], int8_targets: list[str],
           calibration: list[np.ndarray] | None, validation: list[np.ndarray] | None,
-          limits: Thresholds, ort_format: bool = True) -> list[Derived]:
-    """Make, check and return the requested derived artifacts (accepted or not) in `work`."""
+          limits: Thresholds, ort_format: bool = True,
+          progress: Callable[[str], None] | None = None) -> list[Derived]:
+    """Make, check and return the requested derived artifacts (accepted or not) in `work`; `progress` gets
+    one line per step (optimize, calibrate and quantize, gate, speed) with its time."""
     spec = manifest.inputs[0]
     if int8_targets and calibration is None:
         raise BadRequest("int8 artifacts need calibration inputs: pass --calibration FILE.npy")
@@ -187,37 +239,50 @@ def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[
             raise BadRequest(f"--optimize-for {target!r}: choose native, x86_64 or aarch64")
         label = f"{requires.arch}{'-' + requires.features[0] if requires.features else ''}"
         suffix = ".ort" if native and ort_format else ".onnx"  # ORT format is saved for this machine's class only
-        path = optimize(portable, work / f"model.{label}.opt{suffix}", "ORT_ENABLE_ALL" if native else "ORT_ENABLE_EXTENDED")
+        with step(progress, f"optimize for {label}"):
+            path = optimize(portable, work / f"model.{label}.opt{suffix}",
+                            "ORT_ENABLE_ALL" if native else "ORT_ENABLE_EXTENDED")
         candidates.append(Derived(path, "optimized", requires, True, native))
     for target in int8_targets:
         requires, activation, reduce_range = INT8_TARGETS[target]
-        raw = quantize(portable, work / f"model.{target}.int8.raw.onnx", spec, calibration, activation, reduce_range)
+        with step(progress, f"calibrate and quantize int8 for {target} ({len(calibration)} calibration inputs)"):
+            raw = quantize(portable, work / f"model.{target}.int8.raw.onnx", spec, calibration, activation,
+                           reduce_range)
         native = requires.arch == here and set(requires.features) <= set(cpu.features() or ())
         suffix = ".ort" if native and ort_format else ".onnx"
-        path = optimize(raw, work / f"model.{target}.int8{suffix}", "ORT_ENABLE_ALL" if native else "ORT_ENABLE_EXTENDED")
+        with step(progress, f"optimize int8 for {target}"):
+            path = optimize(raw, work / f"model.{target}.int8{suffix}",
+                            "ORT_ENABLE_ALL" if native else "ORT_ENABLE_EXTENDED")
         raw.unlink()
         candidates.append(Derived(path, "int8", requires, True, native))
     for candidate in candidates:
-        got = outputs(candidate.path, spec, checks, output, candidate.artifact())
-        gate(candidate, manifest, reference, got, limits)
+        with step(progress, f"gate {candidate.path.name} on {len(checks)} inputs") as line:
+            got = outputs(candidate.path, spec, checks, output, candidate.artifact())
+            gate(candidate, manifest, reference, got, limits)
+            line["note"] = ", accepted" if candidate.accepted else ", rejected"
         if not candidate.verified:
             candidate.accuracy["checked_on"] = here
         elif candidate.accepted and candidate.kind == "int8":
-            speedup = speed(portable, candidate, spec, checks[0])
+            threads = cpu.threads()  # the gate measures at the thread count the function will use here
+            with step(progress, f"speed of {candidate.path.name} at {threads} thread(s)") as line:
+                speedup = speed(portable, candidate, spec, checks[0], threads=threads)
+                line["note"] = f", {speedup:.2f}x the portable model"
             candidate.accuracy["speedup_vs_portable"] = speedup
+            candidate.accuracy["speedup_threads"] = threads
             if speedup < limits.min_int8_speedup:
                 candidate.accepted = False
                 candidate.reason = (f"it runs {speedup:.2f}x the portable model's speed on this CPU class "
-                                    f"(below {limits.min_int8_speedup:g}: --min-int8-speedup); int8 pays off on "
+                                    f"at {threads} thread(s) (below {limits.min_int8_speedup:g}: "
+                                    "--min-int8-speedup); int8 pays off on "
                                     "CPUs with VNNI or dot-product instructions")
     return candidates
 
 
 def speed(portable: Path, candidate: Derived, spec: InputSpec, x: np.ndarray, rounds: int = 5,
-          runs: int = 5) -> float:
-    """The candidate's speed relative to the portable model at one thread (medians, alternated)."""
-    import time
-    runners = [session(portable), session(candidate.path, candidate.artifact())]
+          runs: int = 5, threads: int = 1) -> float:
+    """The candidate's speed relative to the portable model at `threads` intra-op threads (medians,
+    alternated), each built with the options the function would use."""
+    runners = [session(portable, threads=threads), session(candidate.path, candidate.artifact(), threads)]
     for runner in runners:
         runner.run(None, {spec.name: x})
     times: list[list[float]] = [[], []]

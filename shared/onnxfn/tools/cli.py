@@ -161,7 +161,8 @@ def _package(args) -> int:
                       ort_format=not args.onnx_format,
                       int8=[default_int8_target() if t == "native" else t for t in args.int8],
                       thresholds=Thresholds(max_abs_diff=args.max_abs_diff, min_top1=args.min_top1,
-                                            min_dice=args.min_dice, min_int8_speedup=args.min_int8_speedup))
+                                            min_dice=args.min_dice, min_int8_speedup=args.min_int8_speedup),
+                      progress=lambda line: print(f"onnxfn package: {line}", file=sys.stderr, flush=True))
     try:
         bundle = build(args.model, args.out, options)
     finally:

@@ -6,7 +6,7 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class Options:
     thresholds: Thresholds | None = None
     ort_format: bool = True                                  # native derived artifacts in ORT format
     report: list[str] = field(default_factory=list)          # filled: what the accuracy gate decided
+    progress: Callable[[str], None] | None = None           # told one line per packaging step, with its time
 
 
 def describe(model: Path) -> tuple[list[dict], list[dict]]:
@@ -141,7 +142,8 @@ def _derived(model: Path, manifest: mf.Manifest, work: Path, options: Options, f
     validation = load_inputs(options.validation, spec) if options.validation else None
     candidates = artifacts.build(model, manifest, work, optimize_for=options.optimize_for,
                                  int8_targets=options.int8, calibration=calibration, validation=validation,
-                                 limits=options.thresholds or Thresholds(), ort_format=options.ort_format)
+                                 limits=options.thresholds or Thresholds(), ort_format=options.ort_format,
+                                 progress=options.progress)
     entries = []
     for c in candidates:
         figures = ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.accuracy.items())

@@ -201,3 +201,35 @@ def test_an_int8_artifact_slower_than_fp32_is_not_packaged(tmp_path, calibration
     bundle = build(MODELS / "digits-cnn" / "model.onnx", tmp_path / "b", options)
     assert [a.kind for a in bundle.manifest.artifacts] == ["portable"]
     assert "--min-int8-speedup" in options.report[0] and "VNNI" in options.report[0]
+
+
+def test_int8_packaging_is_quiet_and_says_each_step_with_its_time(tmp_path, calibration, capfd):
+    """The quantizer's warnings (hundreds for a real CNN) are held back; one progress line per step; the root
+    logger is left as it was."""
+    import logging
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    lines: list[str] = []
+    options = Options(name="digits", task="classification", activation="softmax", labels=LABELS,
+                      int8=["x86_64"], calibration=calibration, thresholds=Thresholds(min_int8_speedup=0.0),
+                      progress=lines.append)
+    build(MODELS / "digits-cnn" / "model.onnx", tmp_path / "b", options)
+    out, err = capfd.readouterr()
+    assert "WARNING" not in out + err and "out-of-range" not in out + err
+    assert root.handlers == handlers
+    steps = [line.split(":")[0] for line in lines]
+    assert steps[:3] == ["calibrate and quantize int8 for x86_64 (120 calibration inputs)",
+                         "optimize int8 for x86_64", "gate model.x86_64.int8.ort on 120 inputs"]
+    assert all(line.split(": ")[1].split()[0].replace(".", "").isdigit() for line in lines)  # "12.3 s"
+    if "avx2" in (cpu.features() or ()):
+        assert lines[3].startswith(f"speed of model.x86_64.int8.ort at {cpu.threads()} thread(s)")
+        assert "x the portable model" in lines[3]
+
+
+def test_quiet_holds_records_back_and_counts_them():
+    import logging
+    from onnxfn.tools.artifacts import quiet
+    with quiet() as held:
+        logging.warning("Axis 1 is out-of-range")  # the module-level call that would install basicConfig
+        logging.getLogger("onnxruntime.quantization").warning("held too")
+    assert held.count == 2 and not any(type(h) is logging.StreamHandler for h in logging.getLogger().handlers)
