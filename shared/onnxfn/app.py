@@ -112,7 +112,8 @@ class App:
                   "status": reply.status, "outcome": "ok" if reply.status < 400 else reply.body.get("code"),
                   "bytes_in": len(request.body), "ms": round((time.perf_counter() - started) * 1000, 3),
                   "cold_start": reply.cold, "timings_ms": reply.timings_ms,
-                  "error": reply.body.get("error") if reply.status >= 400 else None}
+                  # an event's error message may name the object (a key can hold patient data): its code only
+                  "error": reply.body.get("error") if reply.status >= 400 and reply.route != "event" else None}
         logs.event(self.logger, "call", **{k: v for k, v in fields.items() if v is not None})
 
 

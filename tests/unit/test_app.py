@@ -87,12 +87,13 @@ def test_direct_invocations_are_told_apart_by_their_body(app, lines):
     assert [line["route"] for line in lines()[-3:]] == ["predict", "infer", "predict"]
 
 
-def test_an_event_is_an_event_even_when_it_fails(app):
+def test_an_event_is_an_event_even_when_it_fails(app, lines):
     """The event detector is `envelopes.is_event`; an event's storage failing keeps the route (Fn then
     answers 502 so the platform delivers it again)."""
     document = json.loads((EVENTS / "oci-createobject.json").read_text())
     reply = app.handle(Request("POST", "/", {"content-type": "application/json"}, json.dumps(document).encode()))
     assert reply.route == "event" and reply.status in (500, 503)  # no oci:// region configured: not reachable
+    assert "error" not in lines()[-1] and lines()[-1]["outcome"] == reply.body["code"]  # names stay out of logs
     malformed = app.handle(Request("POST", "/", {"content-type": "application/json"}, b'{"Records": []}'))
     assert malformed.route == "event" and malformed.status == 400 and malformed.body["code"] == "invalid_event"
 

@@ -181,7 +181,7 @@ class Processor:
             return "the object's name is a result's (.json, .mask.png), not an input"
         name = lowered.rsplit("/", 1)[-1]
         if "." in name and not lowered.endswith(INPUT_SUFFIXES):
-            return f"not an input type ({name.rsplit('.', 1)[-1]}); inputs are {', '.join(INPUT_SUFFIXES)} " \
+            return f"not an input type ({names.shown(name.rsplit('.', 1)[-1])}); inputs are {', '.join(INPUT_SUFFIXES)} " \
                    "or names without an extension (DICOM)"
         return ""
 
