@@ -112,9 +112,14 @@ class App:
                   "status": reply.status, "outcome": "ok" if reply.status < 400 else reply.body.get("code"),
                   "bytes_in": len(request.body), "ms": round((time.perf_counter() - started) * 1000, 3),
                   "cold_start": reply.cold, "timings_ms": reply.timings_ms,
-                  # an event's error message may name the object (a key can hold patient data): its code only
-                  "error": reply.body.get("error") if reply.status >= 400 and reply.route != "event" else None}
+                  "error": reply.body.get("error") if reply.status >= 400 and _loggable(reply) else None}
         logs.event(self.logger, "call", **{k: v for k, v in fields.items() if v is not None})
+
+
+def _loggable(reply: Reply) -> bool:
+    """Whether an error's message may go to the log: an event's may name the object it failed on (a key can
+    hold patient data), so only its code is logged, unless it is about the configuration."""
+    return reply.route != "event" or reply.body.get("code") == "configuration_error"
 
 
 def _invocation(request: Request) -> tuple[str, object]:
