@@ -87,13 +87,24 @@ def test_direct_invocations_are_told_apart_by_their_body(app, lines):
     assert [line["route"] for line in lines()[-3:]] == ["predict", "infer", "predict"]
 
 
-def test_an_event_is_an_event_even_when_it_fails(app, lines):
-    """The event detector is `envelopes.is_event`; an event's storage failing keeps the route (Fn then
-    answers 502 so the platform delivers it again)."""
+def test_an_event_is_an_event_even_when_it_fails(app, lines, monkeypatch):
+    """The event detector is `envelopes.is_event`; an event that fails keeps the route (Fn then answers 502 so
+    the platform delivers it again), and its log line carries the code, not a message that may name the object."""
+    import time
     document = json.loads((EVENTS / "oci-createobject.json").read_text())
-    reply = app.handle(Request("POST", "/", {"content-type": "application/json"}, json.dumps(document).encode()))
-    assert reply.route == "event" and reply.status in (500, 503)  # no oci:// region configured: not reachable
-    assert "error" not in lines()[-1] and lines()[-1]["outcome"] == reply.body["code"]  # names stay out of logs
+    body = json.dumps(document).encode()
+    unconfigured = app.handle(Request("POST", "/", {"content-type": "application/json"}, body))
+    assert unconfigured.route == "event" and unconfigured.body["code"] == "configuration_error"
+    assert "ONNXFN_EVENT_SOURCES" in lines()[-1]["error"]  # about the configuration: the message is logged
+    for key, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}.items():
+        monkeypatch.setenv(key, value)
+    down = App(lambda: settings(event_sources="oci://scans@examplens/", oci_region="us-phoenix-1",
+                                oci_endpoint="http://127.0.0.1:9"))  # nothing listens on the discard port
+    reply = down.handle(Request("POST", "/", {"content-type": "application/json"}, body,
+                                deadline=time.monotonic() + 2.5))
+    assert reply.route == "event" and reply.status == 503 and reply.body["code"] == "storage_unavailable"
+    assert "chest-0001" in reply.body["error"] and "error" not in lines()[-1]
+    assert lines()[-1]["outcome"] == "storage_unavailable"
     malformed = app.handle(Request("POST", "/", {"content-type": "application/json"}, b'{"Records": []}'))
     assert malformed.route == "event" and malformed.status == 400 and malformed.body["code"] == "invalid_event"
 
