@@ -39,8 +39,14 @@ class Settings:
     oci_region: str = ""
     """ONNXFN_OCI_REGION: region of oci:// bundles (default: the resource principal's OCI_RESOURCE_PRINCIPAL_REGION)."""
     oci_endpoint: str = ""
-    """ONNXFN_OCI_ENDPOINT: overrides the S3-compatible endpoint of oci:// URIs, derived from namespace and
-    region (dedicated endpoints, tests)."""
+    """ONNXFN_OCI_ENDPOINT: overrides the endpoint of oci:// URIs (dedicated endpoints, tests): the native one,
+    https://objectstorage.<region>.oraclecloud.com, with a resource principal; the S3-compatible one,
+    https://<namespace>.compat.objectstorage.<region>.oraclecloud.com, with keys."""
+    oci_auth: str = "auto"
+    """ONNXFN_OCI_AUTH: how oci:// is read and written: resource_principal uses the native Object Storage API
+    signed with the function's resource principal (OCI_RESOURCE_PRINCIPAL_* variables, from a dynamic group and
+    a policy); keys the S3-compatible API with a customer secret key (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY);
+    auto the resource principal when the environment has one and no key pair is set, else keys."""
     s3_client: str = "auto"
     """ONNXFN_S3_CLIENT: how s3:// and oci:// are spoken: auto uses onnxfn's lean SigV4 client for oci:// and
     S3-compatible endpoints with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, boto3 otherwise;
@@ -117,6 +123,8 @@ class Settings:
             parse(self.event_sources)
         if self.s3_client not in ("auto", "lean", "boto3"):
             raise ConfigError(f"ONNXFN_S3_CLIENT must be auto, lean or boto3, got {self.s3_client!r}")
+        if self.oci_auth.lower() not in ("auto", "resource_principal", "keys"):
+            raise ConfigError(f"ONNXFN_OCI_AUTH must be auto, resource_principal or keys, got {self.oci_auth!r}")
         if self.storage_timeout < 1:
             raise ConfigError(f"ONNXFN_STORAGE_TIMEOUT must be a positive number of seconds, got {self.storage_timeout}")
         if self.threads < 0:

@@ -41,4 +41,5 @@ def resolve(settings: Settings, deadline: float, store: Store | None = None) -> 
 def store_for(settings: Settings, uri: str | None = None) -> Store:
     """The store of `uri` (default MODEL_URI), opened with the settings' storage options."""
     return open_store(uri or settings.model_uri, oci_region=settings.oci_region, oci_endpoint=settings.oci_endpoint,
-                      timeout=settings.storage_timeout, s3_client=settings.s3_client)
+                      timeout=settings.storage_timeout, s3_client=settings.s3_client,
+                      oci_auth=settings.oci_auth)

@@ -2,7 +2,9 @@
 
     /path/to/bundle, file:///path/to/bundle         a local folder (used in place)
     s3://bucket/prefix/                             S3 API (storage.s3), standard AWS_* variables
-    oci://bucket@namespace/prefix/                  Oracle Object Storage, S3-compatible API
+    oci://bucket@namespace/prefix/                  Oracle Object Storage: the native API with the function's
+                                                    resource principal (storage.oci), else the S3-compatible API
+                                                    with a customer secret key (ONNXFN_OCI_AUTH chooses)
     https://.../p/<token>/n/<ns>/b/<bucket>/o/<prefix>/   a pre-authenticated request (PAR) URL
 
 Heavy SDKs are imported only by the store that needs them. Every store raises the same
@@ -71,9 +73,9 @@ class Store:
 
 
 def open_store(uri: str, *, oci_region: str = "", oci_endpoint: str = "", timeout: float = 20.0,
-               s3_client: str = "auto") -> Store:
+               s3_client: str = "auto", oci_auth: str = "auto") -> Store:
     """The store for a MODEL_URI; `ConfigError` for a URI it cannot use, `BundleError` for a local path
-    that is not a folder."""
+    that is not a folder. `oci_auth` chooses how oci:// is read (`oci_identity`)."""
     if not uri or not uri.strip():
         raise ConfigError(f"MODEL_URI is empty: set it to {ACCEPTED}")
     uri = uri.strip()
@@ -90,7 +92,17 @@ def open_store(uri: str, *, oci_region: str = "", oci_endpoint: str = "", timeou
         bucket, at, namespace = parts.netloc.partition("@")
         if not (bucket and at and namespace):
             raise ConfigError(f"MODEL_URI {uri!r} must name bucket and namespace: oci://bucket@namespace/prefix/")
-        region = oci_region or os.environ.get("OCI_RESOURCE_PRINCIPAL_REGION", "")
+        region = oci_region or os.environ.get("OCI_RESOURCE_PRINCIPAL_REGION", "").strip()
+        if oci_identity(oci_auth) == "resource_principal":
+            from onnxfn.storage import principal
+            from onnxfn.storage.oci import OciStore, endpoint_for
+            identity = principal.shared()  # ConfigError naming the variable when it is missing or incomplete
+            region = oci_region or identity.region
+            if not region and not oci_endpoint:
+                raise ConfigError("an oci:// MODEL_URI needs the region: set ONNXFN_OCI_REGION (e.g. us-phoenix-1) or "
+                                  "OCI_RESOURCE_PRINCIPAL_REGION")
+            return OciStore(uri, namespace, bucket, _prefix(parts.path), oci_endpoint or endpoint_for(region),
+                            identity, timeout=timeout)
         if not region and not oci_endpoint:
             raise ConfigError("an oci:// MODEL_URI needs the region: set ONNXFN_OCI_REGION (e.g. us-phoenix-1); "
                               "on Oracle Functions the resource principal's OCI_RESOURCE_PRINCIPAL_REGION is used")
@@ -105,6 +117,25 @@ def open_store(uri: str, *, oci_region: str = "", oci_endpoint: str = "", timeou
         from onnxfn.storage.par import HttpStore
         return HttpStore(uri, timeout=timeout)
     raise ConfigError(f"MODEL_URI scheme {parts.scheme!r} is not supported in {uri!r}; use {ACCEPTED}")
+
+
+OCI_AUTH = ("auto", "resource_principal", "keys")
+
+
+def oci_identity(oci_auth: str = "auto") -> str:
+    """How oci:// is read: "resource_principal" (the native API, signed with the function's resource principal)
+    or "keys" (the S3-compatible API with a customer secret key). auto takes the resource principal when the
+    environment has one (OCI_RESOURCE_PRINCIPAL_VERSION) and no customer secret key pair is configured
+    (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: keys set on purpose win, so a deployment that has them keeps
+    working where Oracle Functions now also provides a resource principal)."""
+    mode = (oci_auth or "auto").strip().lower()
+    if mode not in OCI_AUTH:
+        raise ConfigError(f"ONNXFN_OCI_AUTH must be auto, resource_principal or keys, got {oci_auth!r}")
+    if mode != "auto":
+        return mode
+    keys = os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
+    rp = (os.environ.get("OCI_RESOURCE_PRINCIPAL_VERSION") or "").strip()
+    return "resource_principal" if rp and not keys else "keys"
 
 
 def _local_path(uri: str, parts) -> Path:
