@@ -97,6 +97,8 @@ class Native:
         credentials again and, when they changed, sends the request once more."""
         extra = dict(extra or {})
         content_type = extra.pop("content-type", "application/octet-stream")
+        if getattr(self._local, "conn", None) is None:
+            self._open()  # DNS, connect and TLS while the credentials load (`_prefetch`): the first request's sign waits
         for attempt in (0, 1):
             signed = sign(self.principal.credentials(), method, path, self.host,
                           body if method in ("PUT", "POST") else None, content_type)
@@ -151,6 +153,16 @@ class Native:
                 self._forget(conn)
                 raise Unreachable(f"{type(e).__name__}: {e}") from None
         raise AssertionError("unreachable")
+
+    def _open(self) -> None:
+        """Open this thread's connection now, its failures mapped as `_send` maps them."""
+        try:
+            self._connection()
+        except ssl.SSLCertVerificationError as e:
+            raise ConfigError(f"the TLS certificate of {self.host} could not be verified ({e.verify_message}): "
+                              "check the endpoint (ONNXFN_OCI_ENDPOINT)") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise Unreachable(f"{type(e).__name__}: {e}") from None
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -215,7 +227,19 @@ def client(endpoint: str, principal: ResourcePrincipal, timeout: float) -> Nativ
         found = _clients.get(key)
         if found is None:
             found = _clients[key] = Native(endpoint, principal, timeout)
+            if principal._current is None:
+                threading.Thread(target=_prefetch, args=(principal,), daemon=True, name="onnxfn-oci-credentials").start()
         return found
+
+
+def _prefetch(principal: ResourcePrincipal) -> None:
+    """Load the credentials (cryptography's import, the key's parse: ~15-20 ms) while the first request connects;
+    a failure is left for that request to raise."""
+    try:
+        credentials = principal.credentials()
+        sign(credentials, "GET", "/", "prefetch")  # imports the signing modules and verifies the key once
+    except Exception:
+        pass
 
 
 def metadata(headers: dict[str, str]) -> dict[str, str]:
