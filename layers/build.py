@@ -200,8 +200,11 @@ def platform_wheels(layer: Path) -> dict[str, str]:
 # -- build -------------------------------------------------------------------------------------------
 
 def pip_command(arch: str, target: Path, requirements: Path, python: str = sys.executable) -> list[str]:
+    """pip for the run image's platform: wheels tagged manylinux_2_28 or older (manylinux2014 = 2_17, which
+    some packages ship alone, e.g. cffi), never newer than the run image's glibc 2.28."""
     return [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
             "--target", str(target), "--only-binary=:all:", "--platform", f"manylinux_2_28_{arch}",
+            "--platform", f"manylinux2014_{arch}",
             "--python-version", PYTHON_VERSION, "--implementation", "cp", "-r", str(requirements)]
 
 

@@ -194,6 +194,7 @@ def test_pip_command_asks_for_the_platform_wheels(tmp_path):
     text = " ".join(cmd)
     assert cmd[:4] == ["python3", "-m", "pip", "install"]
     for part in (f"--target {tmp_path / 't'}", "--only-binary=:all:", "--platform manylinux_2_28_aarch64",
+                 "--platform manylinux2014_aarch64",
                  "--python-version 3.11", "--implementation cp", "-r requirements.txt"):
         assert part in text
 
