@@ -2,7 +2,8 @@
 today, `fn.py`) builds a `Request` and sends back the `Reply`.
 
 A gateway call is routed (`routes.py`); a direct invocation has no route: an object storage
-event goes to the events processor, OIP JSON to inference, anything else to predict. Every
+event goes to the events processor, OIP JSON (or OIP with the binary extension's
+Inference-Header-Content-Length header) to inference, anything else to predict. Every
 error becomes an answer here, through `Reply.error`, and every call writes one log line.
 """
 from __future__ import annotations
@@ -99,7 +100,8 @@ class App:
             answer = self.service.infer(document, deadline=request.deadline)
         else:
             answer = self.service.predict(request.body, request.content_type, request.deadline)
-        return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms)
+        return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms,
+                     tensors=answer.tensors)
 
     def _base_path(self) -> str:
         try:
@@ -123,9 +125,13 @@ def _loggable(reply: Reply) -> bool:
 
 
 def _invocation(request: Request) -> tuple[str, object]:
-    """What a direct invocation is: ("event", its document), ("infer", the OIP document) or ("predict", None)."""
+    """What a direct invocation is: ("event", its document), ("infer", the OIP document, or the framed request
+    when the binary extension's header came with it) or ("predict", None)."""
+    from onnxfn.codecs import binary
     from onnxfn.codecs.payload import media_type, sniff
     from onnxfn.events.envelopes import is_event, might_be_event
+    if binary.HEADER in request.headers:
+        return "infer", binary.frame(request.body, request.headers[binary.HEADER])
     kind, _ = media_type(request.content_type)
     if kind == JSON or kind.endswith("+json") or sniff(request.body) == "json":
         if might_be_event(request.body):

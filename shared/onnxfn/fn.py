@@ -1,7 +1,10 @@
 """The Fn adapter: an fdk call (context + body) becomes a `Request`; the `Reply` becomes an
 fdk `Response`. Gateway calls (`Fn-Intent: httprequest`) get their real HTTP status through
 `Response(status_code=...)`, which the fdk sends as `Fn-Http-Status`; a direct invocation is
-answered 200 with its outcome in the body (Fn would turn any other status into 200 anyway)."""
+answered 200 with its outcome in the body (Fn would turn any other status into 200 anyway).
+An answer with binary tensors (OIP binary extension) goes out as bytes, `Content-Type:
+application/octet-stream` and `Inference-Header-Content-Length`: the fdk passes a bytes body through
+untouched and keeps Content-Type a real header on a gateway call, the other headers going as Fn-Http-H-*."""
 from __future__ import annotations
 
 import datetime as dt
@@ -94,8 +97,9 @@ def _respond(ctx, call: Request, error=None):
     from fdk.response import Response
 
     reply = app().refuse(call, error) if error else app().handle(call)
-    headers = {"Content-Type": "application/json", **reply.headers}
-    return Response(ctx, response_data=reply.encoded(), headers=headers, status_code=_status(call, reply))
+    body = reply.encoded()  # first: an answer with binary tensors adds Inference-Header-Content-Length
+    headers = {"Content-Type": reply.content_type, **reply.headers}
+    return Response(ctx, response_data=body, headers=headers, status_code=_status(call, reply))
 
 
 def _status(call: Request, reply: Reply) -> int:

@@ -18,7 +18,8 @@ from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from onnxfn import __version__
-from onnxfn.errors import BadRequest, MethodNotAllowed, NotFound, OnnxfnError, UnsupportedMediaType
+from onnxfn.codecs import binary
+from onnxfn.errors import BadRequest, MethodNotAllowed, NotFound, OnnxfnError
 
 
 @dataclass
@@ -42,13 +43,15 @@ class Request:
 class Reply:
     """One answer (status, JSON body, headers) and what the call's log line says of it: the route or,
     for a direct invocation, what it turned out to be (event, infer, predict), and for inference the
-    cold flag and timings."""
+    cold flag and timings. `tensors`, when not empty, is binary tensor data that follows the JSON (the
+    OIP binary extension): the body is then the JSON, then those bytes."""
     status: int
     body: dict
     headers: dict[str, str] = field(default_factory=dict)
     route: str = ""
     cold: bool | None = None
     timings_ms: dict | None = None
+    tensors: list[bytes] = field(default_factory=list)
 
     @classmethod
     def error(cls, error: OnnxfnError, route: str = "") -> "Reply":
@@ -56,8 +59,18 @@ class Reply:
         return cls(error.status, error.body(), error.headers(), route)
 
     def encoded(self) -> bytes:
-        """The body as compact JSON bytes."""
-        return json.dumps(self.body, separators=(",", ":")).encode()
+        """The body as compact JSON bytes; with binary tensors, the JSON then their bytes, and the JSON's length
+        goes into the `Inference-Header-Content-Length` header."""
+        head = json.dumps(self.body, separators=(",", ":")).encode()
+        if not self.tensors:
+            return head
+        self.headers[binary.RESPONSE_HEADER] = str(len(head))
+        return b"".join([head, *self.tensors])
+
+    @property
+    def content_type(self) -> str:
+        """application/json, or application/octet-stream for an answer carrying binary tensors."""
+        return binary.CONTENT_TYPE if self.tensors else "application/json"
 
 
 def parse_json(body: bytes):
@@ -121,12 +134,12 @@ def predict(app, request: Request) -> Reply:
 
 
 def infer(app, request: Request, name: str | None = None, version: str | None = None) -> Reply:
-    """POST /v2/models/{name}/infer: OIP JSON tensors in and out (the binary extension is a 415)."""
-    if "inference-header-content-length" in request.headers:
-        raise UnsupportedMediaType("the OIP binary tensor extension is not supported; send JSON tensors",
-                                   code="binary_unsupported")
-    answer = app.service.infer(parse_json(request.body), name, version, request.deadline)
-    return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms)
+    """POST /v2/models/{name}/infer: OIP tensors in and out, as JSON or with the binary extension (a request
+    with the Inference-Header-Content-Length header; outputs asked for as binary)."""
+    header = request.headers.get(binary.HEADER)
+    document = binary.frame(request.body, header) if header is not None else parse_json(request.body)
+    answer = app.service.infer(document, name, version, request.deadline)
+    return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms, tensors=answer.tensors)
 
 
 def metadata(app, request: Request, name: str, version: str | None = None) -> Reply:
@@ -156,7 +169,7 @@ def ready(app, request: Request) -> Reply:
 
 def server(app, request: Request) -> Reply:
     """GET /v2: OIP server metadata."""
-    return Reply(200, {"name": "onnxfn", "version": __version__, "extensions": []})
+    return Reply(200, {"name": "onnxfn", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"

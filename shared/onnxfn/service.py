@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from onnxfn.codecs import payload, tensor
+from onnxfn.codecs import binary, payload, tensor
 from onnxfn.tasks import postprocess, preprocess
 from onnxfn.errors import BadRequest, InferenceError, NotFound
 from onnxfn.runtime.loader import Runner
@@ -18,10 +18,12 @@ from onnxfn.settings import Settings
 @dataclass
 class Answer:
     """What an inference call answers: the JSON body, and for the call's log line whether the call was
-    cold and where its time went (both are in the body too, where the protocol puts them)."""
+    cold and where its time went (both are in the body too, where the protocol puts them); `tensors` holds
+    the data of the outputs asked for as binary (OIP binary extension), in the order the body lists them."""
     body: dict
     cold: bool
     timings_ms: dict[str, float]
+    tensors: list[bytes] = field(default_factory=list)
 
 
 class Timer:
@@ -133,12 +135,19 @@ class Service:
     # -- Open Inference Protocol ----------------------------------------------------------
     def infer(self, document, name: str | None = None, version: str | None = None,
               deadline: float | None = None) -> Answer:
-        """An OIP v2 JSON inference request in, OIP outputs out (with the call's figures in `parameters`)."""
+        """An OIP v2 inference request in, OIP outputs out (with the call's figures in `parameters`). `document`
+        is the JSON request, or a `binary.Framed` one (binary extension); outputs asked for as binary come back
+        in `Answer.tensors`."""
         timer = Timer()
+        if isinstance(document, binary.Framed):
+            binary.check_size(document, self.settings.max_body_bytes)
         model, cold = self.model(timer, name, version, deadline, inference=True)
         m = model.manifest
         with timer.step("decode"):
-            request = tensor.parse_request(document, m.inputs)
+            if isinstance(document, binary.Framed):
+                request = binary.parse_request(document, m.inputs)
+            else:
+                request = tensor.parse_request(document, m.inputs)
         available = list(model.output_shapes)
         unknown = [n for n in request.outputs or () if n not in available]
         if unknown:
@@ -147,14 +156,21 @@ class Service:
         with timer.step("inference"):
             outputs, model = self.run(model, request.inputs, request.outputs, deadline)
         with timer.step("postprocess"):
-            encoded = [tensor.encode(n, v) for n, v in outputs.items()]
+            encoded, tensors = [], []
+            for n, v in outputs.items():
+                if request.wants_binary(n):
+                    entry, data = binary.encode(n, v)
+                    tensors.append(data)
+                else:
+                    entry = tensor.encode(n, v)
+                encoded.append(entry)
         described = self.describe(model, cold, timer)
         answer = {"model_name": m.name, "model_version": m.version, "outputs": encoded,
                   "parameters": {"cold": cold, "timings_ms": described["timings_ms"],
                                  "sha256": described["model"]["sha256"], **described["runtime"]}}
         if request.id is not None:
             answer["id"] = request.id
-        return Answer(answer, cold, described["timings_ms"])
+        return Answer(answer, cold, described["timings_ms"], tensors)
 
     def metadata(self, name: str | None = None, version: str | None = None, deadline: float | None = None) -> dict:
         """OIP model metadata: inputs as the manifest declares them, outputs as the session has them."""

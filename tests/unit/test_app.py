@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 
 from onnxfn.app import App, Reply, Request
@@ -141,3 +142,101 @@ def test_reply_error_carries_status_code_and_headers():
 def test_refused_calls_are_logged_as_refused(app, lines):
     reply = app.refuse(Request("POST", "/", body=b"x"), BadRequest("not for us", code="gateway_only"))
     assert reply.status == 400 and reply.route == "refused" and lines()[-1]["route"] == "refused"
+
+
+# -- the OIP binary tensor data extension -------------------------------------------------------
+
+def binary_request(pixels: np.ndarray, **extra) -> tuple[bytes, str]:
+    """digits-cnn's input sent as binary data; returns (body, Inference-Header-Content-Length)."""
+    data = pixels.astype("<f4").tobytes()
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(pixels.shape),
+                                   "parameters": {"binary_data_size": len(data)}}], **extra}).encode()
+    return head + data, str(len(head))
+
+
+def split(reply: Reply) -> tuple[dict, bytes]:
+    """A binary answer's JSON part and tensor bytes, as a client reads them."""
+    body = reply.encoded()
+    length = int(reply.headers["Inference-Header-Content-Length"])
+    return json.loads(body[:length]), body[length:]
+
+
+def test_binary_infer_through_the_gateway_route(app, lines):
+    pixels = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    data, header = binary_request(pixels, id="b1", parameters={"binary_data_output": True})
+    reply = app.handle(Request("POST", "/imaging/v2/models/digits-cnn/infer",
+                               {"inference-header-content-length": header,
+                                "content-type": "application/octet-stream"}, data, gateway=True))
+    assert reply.status == 200 and reply.route == "infer" and reply.content_type == "application/octet-stream"
+    head, tensors = split(reply)
+    assert head["id"] == "b1" and head["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [2, 10],
+                                                       "parameters": {"binary_data_size": 80}}]
+    logits = np.frombuffer(tensors, "<f4").reshape(2, 10)
+    json_reply = gateway(app, "POST", "/imaging/v2/models/digits-cnn/infer",
+                         oip(("image", "FP32", [2, 1, 8, 8], pixels.reshape(-1).tolist())))
+    np.testing.assert_array_equal(logits, np.array(json_reply.body["outputs"][0]["data"], np.float32).reshape(2, 10))
+    assert json_reply.content_type == "application/json" and "Inference-Header-Content-Length" not in json_reply.headers
+    assert lines()[-2]["route"] == "infer" and lines()[-2]["bytes_in"] == len(data)
+
+
+def test_binary_request_json_answer_and_json_request_binary_answer(app):
+    pixels = np.zeros((1, 1, 8, 8), np.float32)
+    data, header = binary_request(pixels)
+    reply = app.handle(Request("POST", "/imaging/v2/models/digits-cnn/infer",
+                               {"inference-header-content-length": header}, data, gateway=True))
+    assert reply.status == 200 and reply.tensors == [] and reply.body["outputs"][0]["shape"] == [1, 10]
+    asked = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}],
+                        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    reply = gateway(app, "POST", "/imaging/v2/models/digits-cnn/infer", asked, "application/json")
+    head, tensors = split(reply)
+    assert head["outputs"][0]["parameters"] == {"binary_data_size": 40} and len(tensors) == 40
+
+
+def test_a_raw_binary_request_answers_binary(app):
+    pixels = np.ones((1, 1, 8, 8), np.float32)
+    reply = app.handle(Request("POST", "/imaging/v2/models/digits-cnn/infer",
+                               {"inference-header-content-length": "0"}, pixels.tobytes(), gateway=True))
+    head, tensors = split(reply)
+    assert head["outputs"][0]["shape"] == [1, 10] and len(tensors) == 40
+
+
+def test_binary_direct_invocation(app, lines):
+    pixels = np.zeros((1, 1, 8, 8), np.float32)
+    data, header = binary_request(pixels, parameters={"binary_data_output": True})
+    reply = app.handle(Request("POST", "/", {"inference-header-content-length": header,
+                                             "content-type": "application/octet-stream"}, data))
+    assert reply.route == "infer" and reply.status == 200
+    head, tensors = split(reply)
+    assert head["model_name"] == "digits-cnn" and len(tensors) == 40
+    assert lines()[-1]["route"] == "infer"
+
+
+@pytest.mark.parametrize("header, cut, status, code, words", [
+    ("x12", 0, 400, "invalid_binary_header", ["'x12'"]),
+    (None, 4, 400, "binary_framing", ["'image'", "only 252 bytes"]),
+    ("big", 0, 400, "invalid_binary_header", ["the body is"]),
+])
+def test_malformed_binary_requests_name_what_is_wrong(app, header, cut, status, code, words):
+    data, length = binary_request(np.zeros((1, 1, 8, 8), np.float32))
+    data = data[:len(data) - cut]
+    header = {"big": str(len(data) + 10)}.get(header, header) if header else length
+    for request in (Request("POST", "/imaging/v2/models/digits-cnn/infer",
+                            {"inference-header-content-length": header}, data, gateway=True),
+                    Request("POST", "/", {"inference-header-content-length": header}, data)):
+        reply = app.handle(request)
+        assert reply.status == status and reply.body["code"] == code and reply.tensors == []
+        assert reply.content_type == "application/json"
+        for word in words:
+            assert word in reply.body["error"]
+
+
+def test_the_body_limit_holds_for_binary_requests():
+    small = App(lambda: settings(max_body_bytes=100))
+    data, header = binary_request(np.zeros((1, 1, 8, 8), np.float32))
+    reply = small.handle(Request("POST", "/v2/models/digits-cnn/infer", {"inference-header-content-length": header},
+                                 data, gateway=True))
+    assert reply.status == 413 and reply.body["code"] == "body_too_large"
+
+
+def test_server_metadata_lists_the_binary_extension(app):
+    assert gateway(app, "GET", "/imaging/v2").body["extensions"] == ["binary_tensor_data"]

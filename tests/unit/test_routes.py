@@ -64,3 +64,13 @@ def test_parse_json_names_the_fault():
         with pytest.raises(Exception) as caught:
             routes.parse_json(bad)
         assert caught.value.status == 400 and caught.value.code == "invalid_json"
+
+
+def test_a_reply_with_binary_tensors_is_json_then_bytes():
+    from onnxfn.routes import Reply
+    plain = Reply(200, {"a": 1})
+    assert plain.encoded() == b'{"a":1}' and plain.content_type == "application/json" and plain.headers == {}
+    framed = Reply(200, {"outputs": []}, tensors=[b"\x01\x02", b"\x03"])
+    assert framed.encoded() == b'{"outputs":[]}\x01\x02\x03'
+    assert framed.headers == {"Inference-Header-Content-Length": "14"}
+    assert framed.content_type == "application/octet-stream"

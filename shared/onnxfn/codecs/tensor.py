@@ -1,8 +1,9 @@
-"""Open Inference Protocol v2 tensors in JSON <-> numpy arrays."""
+"""Open Inference Protocol v2 tensors in JSON <-> numpy arrays (the binary extension's framing is in
+`codecs.binary`, which hands its tensors' bytes to `parse_request`)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,18 @@ NUMPY_TO_OIP = {v: k for k, v in OIP_TO_NUMPY.items()}
 
 @dataclass
 class InferRequest:
-    """An OIP request, checked: one array per model input by name, the outputs asked for (None: all) and its id."""
+    """An OIP request, checked: one array per model input by name, the outputs asked for (None: all), its id, and
+    which outputs the answer carries as binary data (the binary extension): `binary` holds each output's own
+    `binary_data`, `binary_output` the request's `binary_data_output` for the others."""
     inputs: dict[str, np.ndarray]
     outputs: list[str] | None = None
     id: str | None = None
+    binary: dict[str, bool] = field(default_factory=dict)
+    binary_output: bool = False
+
+    def wants_binary(self, name: str) -> bool:
+        """Whether output `name` goes back as binary data."""
+        return self.binary.get(name, self.binary_output)
 
 
 def datatype(dtype: str) -> str:
@@ -29,8 +38,9 @@ def datatype(dtype: str) -> str:
     return NUMPY_TO_OIP[dtype]
 
 
-def parse_request(body: Any, specs: tuple[InputSpec, ...]) -> InferRequest:
-    """Check an OIP request against the model's inputs and build its arrays."""
+def parse_request(body: Any, specs: tuple[InputSpec, ...], binary: dict | None = None) -> InferRequest:
+    """Check an OIP request against the model's inputs and build its arrays. `binary` (from `codecs.binary`)
+    maps the index of each input sent as binary data to its bytes; without it, `binary_data_size` is refused."""
     if not isinstance(body, dict):
         raise BadRequest("an inference request must be a JSON object with an `inputs` list", code="invalid_request")
     inputs = body.get("inputs")
@@ -48,10 +58,12 @@ def parse_request(body: Any, specs: tuple[InputSpec, ...]) -> InferRequest:
                              f"its inputs are {', '.join(repr(n) for n in known)}", code="unknown_input")
         if name in arrays:
             raise BadRequest(f"{where} repeats input {name!r}", code="invalid_request")
-        if isinstance(tensor.get("parameters"), dict) and "binary_data_size" in tensor["parameters"]:
-            raise BadRequest(f"{where}: binary tensor data is not supported; send `data` as JSON",
-                             code="binary_unsupported")
-        arrays[name] = _array(tensor, known[name], f"{where} ({name!r})")
+        raw = (binary or {}).get(i)
+        if raw is None and isinstance(tensor.get("parameters"), dict) and "binary_data_size" in tensor["parameters"]:
+            raise BadRequest(f"{where} ({name!r}) has binary_data_size but the request carries no binary data: "
+                             "send the Inference-Header-Content-Length header (the JSON part's length in bytes) and "
+                             "the tensor's bytes after the JSON, or send `data` as JSON", code="binary_framing")
+        arrays[name] = _array(tensor, known[name], f"{where} ({name!r})", raw)
     missing = [n for n in known if n not in arrays]
     if missing:
         raise BadRequest(f"the request lacks input(s) {', '.join(repr(n) for n in missing)}", code="missing_input")
@@ -62,11 +74,25 @@ def parse_request(body: Any, specs: tuple[InputSpec, ...]) -> InferRequest:
                                                     for o in outputs):
             raise BadRequest("the request's `outputs` must be a list of objects with a `name`", code="invalid_request")
         names = [o["name"] for o in outputs]
+    wanted = {}
+    for o in outputs or ():
+        flag = o.get("parameters", {}).get("binary_data") if isinstance(o.get("parameters"), dict) else None
+        if flag is not None:
+            wanted[o["name"]] = _flag(flag, f"output {o['name']!r}'s binary_data")
+    params = body.get("parameters")
+    default = params.get("binary_data_output") if isinstance(params, dict) else None
     rid = body.get("id")
-    return InferRequest(arrays, names, rid if isinstance(rid, str) else None)
+    return InferRequest(arrays, names, rid if isinstance(rid, str) else None, wanted,
+                        _flag(default, "the request's binary_data_output") if default is not None else False)
 
 
-def _array(tensor: dict, spec: InputSpec, where: str) -> np.ndarray:
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{what} is {value!r}; it must be true or false", code="invalid_request")
+    return value
+
+
+def _array(tensor: dict, spec: InputSpec, where: str, raw=None) -> np.ndarray:
     dt = tensor.get("datatype")
     expected = datatype(spec.dtype)
     if dt not in OIP_TO_NUMPY:
@@ -85,6 +111,9 @@ def _array(tensor: dict, spec: InputSpec, where: str) -> np.ndarray:
         if isinstance(want, int) and got != want:
             raise BadRequest(f"{where} has size {got} in dimension {axis}, the model takes {want} "
                              f"(shape {_show(spec.shape)})", code="wrong_shape")
+    if raw is not None:
+        from onnxfn.codecs import binary
+        return binary.decode(raw, dt, shape, where)
     data = tensor.get("data")
     if not isinstance(data, list):
         raise BadRequest(f"{where} needs `data`, a list of values", code="invalid_data")

@@ -211,10 +211,24 @@ def test_unknown_datatype(datatype):
     assert error.code == "invalid_datatype" and "FP32" in error.message and repr(datatype) in error.message
 
 
-def test_binary_data_is_refused_by_name():
+def test_binary_data_size_without_binary_data_is_refused_by_name():
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}
     error = refused(body)
-    assert error.code == "binary_unsupported" and "binary" in error.message
+    assert error.code == "binary_framing" and "'x'" in error.message
+    assert "Inference-Header-Content-Length" in error.message
+
+
+def test_binary_outputs_asked_for_per_output_or_for_all():
+    base = request(("x", "FP32", [1, 4], [1, 2, 3, 4]))
+    assert not parse(base).wants_binary("y")
+    asked = parse({**base, "parameters": {"binary_data_output": True},
+                   "outputs": [{"name": "y"}, {"name": "z", "parameters": {"binary_data": False}}]})
+    assert asked.wants_binary("y") and not asked.wants_binary("z") and asked.wants_binary("other")
+    one = parse({**base, "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "z"}]})
+    assert one.wants_binary("y") and not one.wants_binary("z")
+    assert refused({**base, "parameters": {"binary_data_output": "yes"}}).code == "invalid_request"
+    error = refused({**base, "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]})
+    assert error.code == "invalid_request" and "'y'" in error.message
 
 
 @pytest.mark.parametrize("body", [[], "x", None, {}, {"inputs": []}, {"inputs": {"x": 1}}, {"inputs": ["x"]}])
