@@ -62,6 +62,41 @@ def test_an_oip_client_request(front):
     assert status == 200 and json.loads(body)["outputs"][0]["shape"] == [1, 10]
 
 
+def test_binary_tensors_and_their_header_pass_through_both_ways(front):
+    import numpy as np
+    _, base = front
+    pixels = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                                   "parameters": {"binary_data_size": 256}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    status, headers, body = http(base + "/v2/models/digits-cnn/infer", head + pixels.tobytes(), "POST",
+                                 {"Inference-Header-Content-Length": str(len(head)),
+                                  "Content-Type": "application/octet-stream"})
+    assert status == 200 and headers["content-type"] == "application/octet-stream"
+    length = int(headers["inference-header-content-length"])
+    assert json.loads(body[:length])["outputs"][0]["parameters"] == {"binary_data_size": 40}
+    logits = np.frombuffer(body[length:], "<f4")
+    request = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                           "data": pixels.reshape(-1).tolist()}]}
+    _, headers, body = http(base + "/v2/models/digits-cnn/infer", json.dumps(request).encode(), "POST",
+                            {"Content-Type": "application/json"})
+    assert "inference-header-content-length" not in headers
+    np.testing.assert_array_equal(logits, np.array(json.loads(body)["outputs"][0]["data"], np.float32))
+
+
+def test_a_chunked_body_reaches_the_function_whole(front):
+    import http.client
+    server, base = front
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    try:
+        conn.request("POST", "/predict", body=iter([DIGIT[:100], DIGIT[100:]]),
+                     headers={"Content-Type": "image/png"}, encode_chunked=True)
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["result"]["label"] == "7"
+    finally:
+        conn.close()
+
+
 def test_a_dead_function_is_restarted(front):
     server, base = front
     assert http(base + "/v2/health/live")[0] == 200

@@ -42,8 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _any(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._body()
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         try:
             reply = self.server.forward(self.command, self.path, headers, body)
@@ -53,6 +52,22 @@ class _Handler(BaseHTTPRequestHandler):
                                    "status": 502}).encode())
             return
         self._send(reply.http_status, reply.http_headers, reply.body)
+
+    def _body(self) -> bytes:
+        """The request body as bytes: by Content-Length, or de-chunked (as API Gateway hands the function the
+        whole body either way). Bytes pass untouched, so binary bodies (the OIP binary extension) do too."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.send_response(status)
