@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxfn.errors import BundleError
+from onnxfn.runtime import cpu
 
 if TYPE_CHECKING:
     from onnxfn.bundles.manifest import Artifact, Manifest, Tuning
@@ -37,9 +38,27 @@ def dtype(ort_type: str) -> str:
     return ORT_TYPES.get(ort_type, "string")
 
 
+#: how long an idle intra-op worker spins for work before it sleeps, when spinning is on. ORT's own spin made
+#: DenseNet-121 as fast but burnt ~45 ms of CPU per call (the second core, after each run); 50 us kept the
+#: speed at the CPU cost of no spinning (docs/benchmarks/handwritten.md). None: ORT's own duration.
+SPIN_DURATION_US: int | None = 50
+
+
+def spinning(threads: int, quota: float | None) -> bool:
+    """Whether intra-op threads spin by default: with more than one thread and a CPU quota (the process's own
+    cgroup's, `cpu.quota()`; None: unlimited) that covers every one of them. Spinning is ORT's default and what
+    a hand-written handler gets: at 2 threads it made DenseNet-121 1.3-1.4x faster. Under a quota smaller than
+    the threads, sustained traffic is throttled, and spinning (even bounded) added to it: measured at 1.5 CPUs
+    for 2 threads, not spinning was throttled least and had the best p50 and p99 (docs/benchmarks/handwritten.md)."""
+    if threads <= 1:
+        return False
+    return quota is None or quota >= threads - 1e-9
+
+
 def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | None = None):
-    """Options for one session: explicit threads, no spinning, sequential; a pre-optimized artifact
-    is loaded without re-optimizing; a benchmark's tuning for this CPU class applies on top."""
+    """Options for one session: explicit threads, sequential, intra-op spinning as `spinning(threads,
+    cpu.quota())` decides (bounded to `SPIN_DURATION_US`); a pre-optimized artifact is loaded without
+    re-optimizing; a benchmark's tuning for this CPU class applies on top (its `allow_spinning` wins)."""
     ort = engine()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -49,8 +68,10 @@ def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | Non
     if artifact is not None and artifact.preoptimized:
         level = "DISABLE"
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[level])
-    spinning = "1" if tuning and tuning.allow_spinning else "0"
-    opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    spin = tuning.allow_spinning if tuning is not None else spinning(threads, cpu.quota())
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if spin and SPIN_DURATION_US is not None:
+        opts.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_DURATION_US))
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     fp32_ort = artifact is not None and artifact.kind == "optimized" and artifact.path.endswith(".ort")
     if (tuning and tuning.disable_prepacking) or fp32_ort:

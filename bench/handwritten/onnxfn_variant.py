@@ -1,0 +1,39 @@
+"""onnxfn's own entry point (functions/func.py) with session options overridden, for bench/handwritten.py
+to measure session defaults under the real fdk without changing the runtime.
+
+ONNXFN_BENCH_SESSION: a JSON object of ORT session config entries set last (e.g.
+{"session.intra_op.allow_spinning": "1"}); two keys are special: "arena" ("0"/"1") sets enable_cpu_mem_arena, and
+"spin_duration_us" replaces onnxfn's bound on the spin (`session.SPIN_DURATION_US`; null: ORT's own default)."""
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "shared"))
+
+from onnxfn.runtime import session as sessions  # noqa: E402
+
+OVERRIDES = json.loads(os.environ.get("ONNXFN_BENCH_SESSION") or "{}")
+if "spin_duration_us" in OVERRIDES:  # also where the default does not spin but the variant does
+    sessions.SPIN_DURATION_US = OVERRIDES.pop("spin_duration_us")
+    if sessions.SPIN_DURATION_US is not None:
+        OVERRIDES["session.intra_op.spin_duration_us"] = str(sessions.SPIN_DURATION_US)
+_options = sessions.options
+
+
+def options(threads, artifact=None, tuning=None):
+    opts = _options(threads, artifact, tuning)
+    for key, value in OVERRIDES.items():
+        if key == "arena":
+            opts.enable_cpu_mem_arena = value == "1"
+        else:
+            opts.add_session_config_entry(key, str(value))
+    return opts
+
+
+sessions.options = options  # sessions.create looks it up at call time
+
+from onnxfn.fn import handler  # noqa: E402
+
+__all__ = ["handler"]

@@ -1,0 +1,79 @@
+"""session.py: the default session options, chiefly intra-op spinning by threads and CPU quota, and a bench
+tuning's settings winning over the defaults."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from onnxfn.bundles.manifest import Requirement, Tuning
+from onnxfn.runtime import cpu
+from onnxfn.runtime import session as sessions
+
+ROOT = Path(__file__).resolve().parents[3]
+CPU_V1 = Path("/sys/fs/cgroup/cpu")
+SPIN, SPIN_US = "session.intra_op.allow_spinning", "session.intra_op.spin_duration_us"
+
+
+def entry(options, key: str) -> str | None:
+    try:
+        return options.get_session_config_entry(key)
+    except Exception:  # onnxruntime raises when the key was never set
+        return None
+
+
+@pytest.mark.parametrize("threads, quota, spins", [(1, None, False), (1, 4.0, False), (2, None, True),
+                                                   (2, 2.0, True), (2, 3.0, True), (2, 1.5, False),
+                                                   (2, 1.0, False), (4, 3.5, False), (4, 4.0, True)])
+def test_spinning_only_with_several_threads_and_a_quota_that_covers_them(threads, quota, spins):
+    assert sessions.spinning(threads, quota) is spins
+
+
+@pytest.mark.parametrize("quota, spins", [(None, "1"), (2.0, "1"), (1.5, "0")])
+def test_options_spin_by_the_process_quota_and_bound_the_spin(monkeypatch, quota, spins):
+    monkeypatch.setattr(cpu, "quota", lambda *a, **k: quota)
+    options = sessions.options(2)
+    assert entry(options, SPIN) == spins and entry(options, "session.inter_op.allow_spinning") == "0"
+    assert entry(options, SPIN_US) == (str(sessions.SPIN_DURATION_US) if spins == "1" else None)
+    assert entry(sessions.options(1), SPIN) == "0"
+
+
+@pytest.mark.parametrize("allow, quota", [(False, None), (True, 1.5)])
+def test_a_bench_tuning_overrides_the_spinning_default(monkeypatch, allow, quota):
+    monkeypatch.setattr(cpu, "quota", lambda *a, **k: quota)
+    tuning = Tuning(requires=Requirement(cpu.arch()), allow_spinning=allow)
+    assert entry(sessions.options(2, tuning=tuning), SPIN) == ("1" if allow else "0")
+
+
+@pytest.fixture
+def child_cgroup():
+    """A real child cgroup of the v1 cpu controller (writable as root here), removed afterwards."""
+    if not os.access(CPU_V1 / "cgroup.procs", os.W_OK):
+        pytest.skip("the v1 cpu controller is not writable here (needs root and cgroup v1)")
+    folder = CPU_V1 / f"onnxfn-test-session-{os.getpid()}"
+    folder.mkdir()
+    yield folder
+    for pid in (folder / "cgroup.procs").read_text().split():
+        try:
+            (CPU_V1 / "cgroup.procs").write_text(pid)
+        except OSError:
+            pass
+    folder.rmdir()
+
+
+@pytest.mark.parametrize("quota, spins", [(150000, "0"), (200000, "1")])
+def test_a_process_in_a_real_child_cgroup_spins_only_when_its_quota_covers_two_threads(child_cgroup, quota, spins):
+    if cpu.affinity() < 2:
+        pytest.skip("needs two CPUs")
+    (child_cgroup / "cpu.cfs_period_us").write_text("100000")
+    (child_cgroup / "cpu.cfs_quota_us").write_text(str(quota))
+    code = ("import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid())); "
+            "from onnxfn.runtime import cpu, session; o = session.options(cpu.threads()); "
+            "print(cpu.threads(), o.get_session_config_entry('session.intra_op.allow_spinning'))")
+    out = subprocess.run([sys.executable, "-c", code, str(child_cgroup)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "shared")}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", spins]
