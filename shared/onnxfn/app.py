@@ -70,6 +70,7 @@ class App:
                 route = match.name
                 reply = match.answer(self, request)
             else:
+                routes.check_size(request.body, self.service.settings.max_body_bytes)  # before any parsing
                 route, document = _invocation(request)
                 reply = self._invoke(route, request, document)
         except OnnxfnError as e:

@@ -240,3 +240,14 @@ def test_the_body_limit_holds_for_binary_requests():
 
 def test_server_metadata_lists_the_binary_extension(app):
     assert gateway(app, "GET", "/imaging/v2").body["extensions"] == ["binary_tensor_data"]
+
+
+def test_json_bodies_over_the_limit_are_413_before_parsing():
+    small = App(lambda: settings(max_body_bytes=1000))
+    body = oip(("image", "FP32", [1, 1, 8, 8], [0.0] * 64)) + b" " * 1000
+    direct = small.handle(Request("POST", "/", {"content-type": "application/json"}, body))
+    routed = small.handle(Request("POST", "/v2/models/digits-cnn/infer", {"content-type": "application/json"},
+                                  body, gateway=True))
+    for reply in (direct, routed):
+        assert reply.status == 413 and reply.body["code"] == "body_too_large" and "ONNXFN_MAX_BODY_BYTES" in \
+            reply.body["error"]
