@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from onnxfn.codecs import binary, payload, tensor
-from onnxfn.tasks import postprocess, preprocess
+from onnxfn.tasks import detect, postprocess, preprocess
 from onnxfn.errors import BadRequest, InferenceError, NotFound
 from onnxfn.runtime.loader import Runner
 from onnxfn.runtime.model import Model
@@ -118,14 +118,16 @@ class Service:
         spec = m.image_input
         with timer.step("preprocess"):
             feed, geometry = preprocess.prepare(image, spec)
+        names = detect.output_names(m) if m.task == "detection" else [m.primary_output.name]
         with timer.step("inference"):
-            outputs, model = self.run(model, {spec.name: feed}, [m.primary_output.name], deadline)
+            outputs, model = self.run(model, {spec.name: feed}, names, deadline)
         with timer.step("postprocess"):
-            output = outputs[m.primary_output.name]
-            if m.task == "classification":
-                result = postprocess.classify(output, m.primary_output, self.settings.top_k)
+            if m.task == "detection":
+                result = detect.detect(outputs, m, geometry)
+            elif m.task == "classification":
+                result = postprocess.classify(outputs[m.primary_output.name], m.primary_output, self.settings.top_k)
             else:
-                result = postprocess.segment(output, m.primary_output, spec, geometry)
+                result = postprocess.segment(outputs[m.primary_output.name], m.primary_output, spec, geometry)
         answer = {"task": m.task, "result": result,
                   "image": {"format": image.format, "width": image.width, "height": image.height,
                             "channels": image.channels, "bits": image.bits}}

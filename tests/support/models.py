@@ -60,3 +60,38 @@ def adder(path: Path) -> Path:
             [helper.make_tensor_value_info("sum", T.FLOAT, ["N", 3]),
              helper.make_tensor_value_info("count_out", T.INT64, [2])])
     return onnx_model(path, graph)
+
+
+def constant_outputs(path: Path, name: str, shape, outputs: dict[str, np.ndarray]) -> Path:
+    """A model: image -> outputs that are the given constants (each plus 0 x the image's max, so the input is used)."""
+    def graph(helper, T, nh):
+        nodes = [helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),
+                 helper.make_node("Mul", ["peak", "zero"], ["nothing"])]
+        initializers = [nh.from_array(np.array(0.0, dtype=np.float32), "zero")]
+        infos = []
+        for out, value in outputs.items():
+            initializers.append(nh.from_array(value, f"{out}_value"))
+            if value.dtype == np.float32:
+                nodes.append(helper.make_node("Add", [f"{out}_value", "nothing"], [out]))
+            else:
+                nodes.append(helper.make_node("Identity", [f"{out}_value"], [out]))
+            kind = T.FLOAT if value.dtype == np.float32 else T.INT64
+            infos.append(helper.make_tensor_value_info(out, kind, list(value.shape)))
+        return helper.make_graph(nodes, name, [helper.make_tensor_value_info("image", T.FLOAT, list(shape))],
+                                 infos, initializers)
+    return onnx_model(path, graph)
+
+
+def constant_detector(path: Path, boxes, scores, labels, shape=("N", 3, "H", "W"),
+                      names=("boxes", "scores", "labels")) -> Path:
+    """A post-NMS detector as torchvision exports one: image -> boxes [N, 4] (x1, y1, x2, y2 in model-input
+    pixels), scores [N] and labels [N] (int64), always the given ones."""
+    values = (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(scores, dtype=np.float32),
+              np.asarray(labels, dtype=np.int64))
+    return constant_outputs(path, "detector", shape, dict(zip(names, values)))
+
+
+def constant_yolo(path: Path, predictions, shape=("N", 3, "H", "W"), name: str = "output0") -> Path:
+    """A raw YOLO-style detector: image -> the given [1, 4+C, A] or [1, A, 4+C] tensor (cx, cy, w, h in
+    model-input pixels and C class scores per anchor)."""
+    return constant_outputs(path, "yolo", shape, {name: np.asarray(predictions, dtype=np.float32)})

@@ -13,7 +13,7 @@ from typing import Any
 from onnxfn.errors import BundleError
 
 FORMAT = 1
-TASKS = ("classification", "segmentation", "tensor")
+TASKS = ("classification", "segmentation", "tensor", "detection")
 DTYPES = ("float32", "float64", "float16", "uint8", "uint16", "uint32", "uint64",
           "int8", "int16", "int32", "int64", "bool", "string")
 LAYOUTS = ("NCHW", "NHWC", "CHW", "HWC", "NHW", "HW", "NF")
@@ -23,6 +23,9 @@ RESAMPLES = ("nearest", "bilinear", "bicubic", "lanczos", "area")
 SCALINGS = ("unit", "raw", "window", "minmax")
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 DECISIONS = ("argmax", "threshold")
+DETECTION_FORMATS = ("boxes", "yolo")
+YOLO_LAYOUTS = ("auto", "features_first", "anchors_first")
+MAX_DETECTIONS = 10000
 ARTIFACT_KINDS = ("portable", "optimized", "int8")
 ARCHES = ("x86_64", "aarch64")
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx", "asimddp", "i8mm", "bf16", "sve")
@@ -89,6 +92,25 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class DetectionSpec:
+    """How a detection model's outputs become boxes: the output convention, and the score threshold,
+    class-wise NMS IoU threshold and detection cap applied in post-processing.
+
+    `boxes`: post-NMS outputs as torchvision exports them, named by `boxes` ([N, 4] x1, y1, x2, y2 in
+    model-input pixels), `scores` ([N]) and `labels` ([N] class indices). `yolo`: one raw output (the first)
+    of shape [1, 4+C, A] (`features_first`) or [1, A, 4+C] (`anchors_first`): cx, cy, w, h in model-input
+    pixels and C class scores per anchor; `auto` tells the two apart from the shape and the label count."""
+    format: str
+    layout: str = "auto"
+    boxes: str | None = None
+    scores: str | None = None
+    labels: str | None = None
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+
+
+@dataclass(frozen=True)
 class Requirement:
     """What a CPU must have: an architecture and instruction-set features (as /proc/cpuinfo names them)."""
     arch: str
@@ -136,6 +158,7 @@ class Manifest:
     description: str = ""
     format: int = FORMAT
     tuning: tuple[Tuning, ...] = ()
+    detection: DetectionSpec | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -240,10 +263,12 @@ def parse(data: Any) -> Manifest:
     outputs = tuple(_output(o) for o in r.items("outputs"))
     artifacts = tuple(_artifact(a) for a in r.items("artifacts"))
     tuning = tuple(_tuning(t) for t in r.items("tuning")) if data.get("tuning") else ()
-    known = {"format", "name", "version", "task", "inputs", "outputs", "artifacts", "description", "tuning"}
+    detection = _detection(_Reader(data["detection"], "detection")) if data.get("detection") is not None else None
+    known = {"format", "name", "version", "task", "inputs", "outputs", "artifacts", "description", "tuning",
+             "detection"}
     manifest = Manifest(name=name, version=version, task=task, inputs=inputs, outputs=outputs,
                         artifacts=artifacts, description=r.get("description", str, ""), tuning=tuning,
-                        extra={k: v for k, v in data.items() if k not in known})
+                        detection=detection, extra={k: v for k, v in data.items() if k not in known})
     _check(manifest, r)
     return manifest
 
@@ -355,6 +380,30 @@ def _output(r: _Reader) -> OutputSpec:
     return spec
 
 
+def _detection(r: _Reader) -> DetectionSpec:
+    fmt = r.get("format", str, choices=DETECTION_FORMATS)
+    names = {key: r.get(key, str, None) for key in ("boxes", "scores", "labels")}
+    if fmt == "boxes":
+        names = {key: value or key for key, value in names.items()}  # torchvision's usual output names
+    else:
+        for key, value in names.items():
+            if value is not None:
+                raise r.fail(key, "names a post-NMS output; a yolo detector reads its first output")
+    spec = DetectionSpec(format=fmt, layout=r.get("layout", str, "auto", choices=YOLO_LAYOUTS), **names,
+                         score_threshold=r.get("score_threshold", float, 0.25),
+                         iou_threshold=r.get("iou_threshold", float, 0.45),
+                         max_detections=r.get("max_detections", int, 100))
+    if fmt == "boxes" and spec.layout != "auto":
+        raise r.fail("layout", "applies to the yolo format only")
+    if not 0.0 <= spec.score_threshold <= 1.0:
+        raise r.fail("score_threshold", f"must lie between 0 and 1, got {spec.score_threshold}")
+    if not 0.0 < spec.iou_threshold <= 1.0:
+        raise r.fail("iou_threshold", f"must lie above 0 and at most 1, got {spec.iou_threshold}")
+    if not 1 <= spec.max_detections <= MAX_DETECTIONS:
+        raise r.fail("max_detections", f"must lie between 1 and {MAX_DETECTIONS}, got {spec.max_detections}")
+    return spec
+
+
 def _artifact(r: _Reader) -> Artifact:
     path = r.get("path", str)
     if path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
@@ -414,17 +463,46 @@ def _check(m: Manifest, r: _Reader) -> None:
     for i, t in enumerate(m.tuning):
         if t.artifact is not None and t.artifact not in paths:
             raise r.fail(f"tuning[{i}].artifact", f"names {t.artifact!r}, which is not among the artifacts")
+    if m.detection is not None and m.task != "detection":
+        raise r.fail("detection", f"applies to the detection task only; this is a {m.task} model")
     if m.task == "tensor":
         return
     images = [i for i in m.inputs if i.image is not None]
     if len(m.inputs) != 1 or len(images) != 1:
         raise r.fail("inputs", f"a {m.task} model takes exactly one input with an `image` section")
     out = m.primary_output
-    if m.task == "classification" and out.decision is not None:
+    if m.task in ("classification", "detection") and out.decision is not None:
         raise r.fail("outputs[0].decision", "applies to segmentation only")
+    if m.task == "detection":
+        _check_detection(m, r)
     if m.task == "segmentation":
         if out.decision is None:
             raise r.fail("outputs[0].decision", "is required for segmentation: argmax (one channel per class) "
                                                 "or threshold (one probability channel)")
         if images[0].layout == "NF":
             raise r.fail("inputs[0].layout", "NF cannot carry a segmentation image")
+
+
+def _check_detection(m: Manifest, r: _Reader) -> None:
+    d = m.detection
+    if d is None:
+        raise r.fail("detection", "is required for detection: format boxes (post-NMS boxes, scores and labels "
+                                  "outputs) or yolo (one raw [1, 4+C, A] or [1, A, 4+C] output)")
+    for i, o in enumerate(m.outputs):
+        if i and o.labels is not None:
+            raise r.fail(f"outputs[{i}].labels", "belong on the first output: a detector's class names")
+    if d.format == "yolo":
+        if m.primary_output.activation == "softmax":
+            raise r.fail("outputs[0].activation", "must be none or sigmoid for yolo class scores")
+        return
+    names = [o.name for o in m.outputs]
+    roles = {"boxes": d.boxes, "scores": d.scores, "labels": d.labels}
+    for key, name in roles.items():
+        if name not in names:
+            raise r.fail(f"detection.{key}", f"names output {name!r}, which is not among the outputs "
+                                             f"({', '.join(names)})")
+    if len(set(roles.values())) != 3:
+        raise r.fail("detection", "boxes, scores and labels must name three different outputs")
+    for i, o in enumerate(m.outputs):
+        if o.activation != "none":
+            raise r.fail(f"outputs[{i}].activation", "must be none: post-NMS scores are final")

@@ -157,6 +157,16 @@ def restore(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
     return resize(canvas, geometry.original, "nearest")
 
 
+def unmap(x: np.ndarray, y: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Model-input pixel coordinates (continuous: pixel edges at integers) -> the received image's, in float64:
+    the offset undone, then the resize scaled back (x_image = (x_model - left) * width / resized_width).
+    Not clipped: points in the padding land outside the image."""
+    (h, w), (rh, rw), (top, left) = geometry.original, geometry.resized, geometry.offset
+    x = (np.asarray(x, dtype=np.float64) - left) * w / rw
+    y = (np.asarray(y, dtype=np.float64) - top) * h / rh
+    return x, y
+
+
 def _layout(values: np.ndarray, spec: InputSpec) -> np.ndarray:
     """HxWxC float32 -> the input's layout with a batch axis, in its dtype."""
     layout = spec.layout

@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     pk.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     pk.add_argument("--name")
     pk.add_argument("--version", default="1")
-    pk.add_argument("--task", choices=("classification", "segmentation", "tensor"), default="tensor")
+    pk.add_argument("--task", choices=("classification", "segmentation", "detection", "tensor"), default="tensor")
     pk.add_argument("--description", default="")
     pk.add_argument("--layout", help="NCHW, NHWC, CHW, HWC, NHW, HW or NF (guessed from the shape)")
     pk.add_argument("--color", choices=("L", "RGB"))
@@ -54,6 +54,16 @@ def parser() -> argparse.ArgumentParser:
     pk.add_argument("--decision", choices=("argmax", "threshold"))
     pk.add_argument("--threshold", type=float)
     pk.add_argument("--labels", help="comma-separated labels, or @FILE with one label a line")
+    pk.add_argument("--detection-format", choices=("boxes", "yolo"),
+                    help="detection: post-NMS boxes/scores/labels outputs, or one raw yolo output (guessed)")
+    pk.add_argument("--yolo-layout", choices=("auto", "features_first", "anchors_first"),
+                    help="yolo: [1, 4+C, A] (features_first) or [1, A, 4+C] (anchors_first); auto by default")
+    pk.add_argument("--boxes-output", help="detection (boxes): the [N, 4] boxes output (guessed)")
+    pk.add_argument("--scores-output", help="detection (boxes): the [N] scores output (guessed)")
+    pk.add_argument("--labels-output", help="detection (boxes): the [N] class-index output (guessed)")
+    pk.add_argument("--score-threshold", type=float, help="detection: lowest score kept (default 0.25)")
+    pk.add_argument("--iou-threshold", type=float, help="detection: NMS IoU above which a box is suppressed (0.45)")
+    pk.add_argument("--max-detections", type=int, help="detection: most boxes answered (default 100)")
     pk.add_argument("--force", action="store_true", help="replace an existing bundle folder")
     pk.add_argument("--optimize-for", action="append", default=[], choices=("native", "x86_64", "aarch64"),
                     help="add an offline-optimized artifact for this machine's CPU class (native) or another "
@@ -149,6 +159,11 @@ def _package(args) -> int:
         "rescale": args.rescale, "mean": args.mean, "std": args.std, "channel_order": args.channel_order,
         "window": {"center": args.window[0], "width": args.window[1]} if args.window else None,
     }.items() if v is not None}
+    detection = {k: v for k, v in {
+        "format": args.detection_format, "layout": args.yolo_layout, "boxes": args.boxes_output,
+        "scores": args.scores_output, "labels": args.labels_output, "score_threshold": args.score_threshold,
+        "iou_threshold": args.iou_threshold, "max_detections": args.max_detections,
+    }.items() if v is not None}
     labels = None
     if args.labels:
         labels = (Path(args.labels[1:]).read_text().split("\n") if args.labels.startswith("@")
@@ -156,7 +171,8 @@ def _package(args) -> int:
         labels = [label.strip() for label in labels if label.strip()]
     options = Options(name=args.name, version=args.version, task=args.task, description=args.description,
                       layout=args.layout, image=image, output=args.output, activation=args.activation,
-                      decision=args.decision, threshold=args.threshold, labels=labels, force=args.force,
+                      decision=args.decision, threshold=args.threshold, labels=labels, detection=detection,
+                      force=args.force,
                       optimize_for=args.optimize_for, calibration=args.calibration, validation=args.validation,
                       ort_format=not args.onnx_format,
                       int8=[default_int8_target() if t == "native" else t for t in args.int8],

@@ -33,6 +33,7 @@ class Options:
     decision: str | None = None
     threshold: float | None = None
     labels: list[str] | None = None
+    detection: dict = field(default_factory=dict)  # manifest `detection` fields (format, score_threshold, ...)
     force: bool = False
     optimize_for: list[str] = field(default_factory=list)   # "native", "x86_64", "aarch64"
     int8: list[str] = field(default_factory=list)            # int8 targets (artifacts.INT8_TARGETS)
@@ -94,6 +95,10 @@ def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
             spec["image"]["color"] = "RGB" if c_axis >= 0 and spec["shape"][c_axis] == 3 else "L"
     elif options.layout:
         inputs[0]["layout"] = options.layout
+    detection = _detection(outputs, options) if options.task == "detection" else dict(options.detection) or None
+    if detection is not None and detection.get("format") == "boxes" and not options.output:
+        first = detection["boxes"]  # the class names (--labels) sit on the first output
+        outputs.sort(key=lambda o: o["name"] != first)
     if options.output:
         names = [o["name"] for o in outputs]
         if options.output not in names:
@@ -111,6 +116,8 @@ def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
     document = {"format": mf.FORMAT, "name": options.name or model.stem, "version": options.version,
                 "task": options.task, "description": options.description, "inputs": inputs, "outputs": outputs,
                 "artifacts": [_artifact_entry(artifact)]}
+    if detection is not None:
+        document["detection"] = detection
     manifest = mf.parse(json.loads(json.dumps(document)))
     files = {"model.onnx": model}
     with tempfile.TemporaryDirectory() as work:
@@ -127,6 +134,39 @@ def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
         shutil.rmtree(written.root, ignore_errors=True)
         raise
     return written
+
+
+def _detection(outputs: list[dict], options: Options) -> dict:
+    """The manifest's `detection` section: the options given, the format and the post-NMS outputs' names
+    guessed from the model's outputs when not given (one rank-2/3 output: yolo; boxes [N, 4], float scores
+    and integer labels: boxes)."""
+    detection = dict(options.detection)
+    fmt = detection.get("format")
+    if fmt is None:
+        if len(outputs) == 1 or options.output:
+            fmt = "yolo"
+        elif len(outputs) >= 3:
+            fmt = "boxes"
+        else:
+            raise BadRequest(f"cannot tell the detection format of a model with outputs "
+                             f"{', '.join(o['name'] for o in outputs)}: pass --detection-format boxes or yolo")
+        detection["format"] = fmt
+    if fmt != "boxes":
+        return detection
+    for role, guess in (("boxes", lambda o: o["dtype"].startswith("float") and len(o["shape"]) in (2, 3)
+                         and o["shape"][-1] == 4),
+                        ("labels", lambda o: o["dtype"].startswith(("int", "uint"))),
+                        ("scores", lambda o: o["dtype"].startswith("float") and len(o["shape"]) in (1, 2))):
+        if detection.get(role):
+            continue
+        named = [o["name"] for o in outputs if o["name"] == role]
+        taken = {detection.get(r) for r in ("boxes", "scores", "labels")}
+        fitting = named or [o["name"] for o in outputs if guess(o) and o["name"] not in taken]
+        if len(fitting) != 1:
+            raise BadRequest(f"cannot tell which output holds the {role} among "
+                             f"{', '.join(o['name'] for o in outputs)}: pass --{role}-output")
+        detection[role] = fitting[0]
+    return detection
 
 
 def _artifact_entry(artifact: mf.Artifact) -> dict:

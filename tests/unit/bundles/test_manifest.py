@@ -43,6 +43,25 @@ TENSOR = {
     "artifacts": [{"path": "adder.onnx", "sha256": "f" * 64, "size": 10}],
 }
 
+DETECTOR = {
+    "name": "nodules", "version": "1", "task": "detection",
+    "inputs": [{"name": "images", "dtype": "float32", "shape": [1, 3, 640, 640], "layout": "NCHW",
+                "image": {"color": "RGB", "fit": "pad", "pad_value": 0.447}}],
+    "outputs": [{"name": "boxes", "labels": ["background", "nodule"]}, {"name": "scores"}, {"name": "labels"}],
+    "detection": {"format": "boxes", "score_threshold": 0.5},
+    "artifacts": [{"path": "model.onnx", "sha256": "1" * 64, "size": 1}],
+}
+
+YOLO = {
+    "name": "fractures", "version": "1", "task": "detection",
+    "inputs": [{"name": "images", "dtype": "float32", "shape": [1, 3, "H", "W"], "layout": "NCHW",
+                "image": {"color": "RGB", "size": [640, 640], "fit": "pad"}}],
+    "outputs": [{"name": "output0", "activation": "sigmoid", "labels": ["fracture", "cast"]}],
+    "detection": {"format": "yolo", "layout": "features_first", "score_threshold": 0.25, "iou_threshold": 0.7,
+                  "max_detections": 300},
+    "artifacts": [{"path": "model.onnx", "sha256": "2" * 64, "size": 1}],
+}
+
 
 def edited(base: dict, path: str, value) -> dict:
     """A copy of base with the field at a dotted path (list indices as numbers) set or deleted."""
@@ -122,7 +141,8 @@ def test_uint8_image_input():
     assert manifest.parse(document).image_input.dtype == "uint8"
 
 
-@pytest.mark.parametrize("base", [CLASSIFIER, SEGMENTER, TENSOR], ids=["classifier", "segmenter", "tensor"])
+@pytest.mark.parametrize("base", [CLASSIFIER, SEGMENTER, TENSOR, DETECTOR, YOLO],
+                         ids=["classifier", "segmenter", "tensor", "detector", "yolo"])
 def test_to_dict_round_trips_through_json(base):
     m = manifest.parse(copy.deepcopy(base))
     data = json.loads(json.dumps(m.to_dict()))
@@ -152,7 +172,7 @@ CASES = [
     (CLASSIFIER, "version", DELETE, "version", "is missing"),
     (CLASSIFIER, "version", True, "version", "must be str or int"),
     (CLASSIFIER, "version", [1], "version", "must be str or int"),
-    (CLASSIFIER, "task", "detection", "task", "one of classification, segmentation, tensor"),
+    (CLASSIFIER, "task", "localization", "task", "one of classification, segmentation, tensor, detection"),
     (CLASSIFIER, "description", 3, "description", "must be str"),
     (CLASSIFIER, "inputs", [], "inputs", "non-empty list"),
     (CLASSIFIER, "inputs", {"name": "x"}, "inputs", "must be list"),
@@ -243,6 +263,32 @@ CASES = [
     (TENSOR, "inputs.1.name", "a", "inputs", "repeat a"),
     (TENSOR, "outputs.1.name", "sum", "outputs", "repeat sum"),
     (TENSOR, "inputs.0.layout", "HWC", "inputs[0].layout", "HWC has 3 axes but shape has 2"),
+    (DETECTOR, "detection", DELETE, "detection", "is required for detection"),
+    (DETECTOR, "detection", [1], "detection", "must be an object"),
+    (DETECTOR, "detection.format", DELETE, "detection.format", "is missing"),
+    (DETECTOR, "detection.format", "ssd", "detection.format", "one of boxes, yolo"),
+    (DETECTOR, "detection.boxes", "bboxes", "detection.boxes", "names output 'bboxes', which is not among"),
+    (DETECTOR, "detection.labels", "scores", "detection", "three different outputs"),
+    (DETECTOR, "detection.scores", 3, "detection.scores", "must be str"),
+    (DETECTOR, "detection.layout", "anchors_first", "detection.layout", "applies to the yolo format only"),
+    (DETECTOR, "detection.score_threshold", 1.5, "detection.score_threshold", "between 0 and 1, got 1.5"),
+    (DETECTOR, "detection.score_threshold", -0.1, "detection.score_threshold", "between 0 and 1"),
+    (DETECTOR, "detection.score_threshold", "0.5", "detection.score_threshold", "must be float"),
+    (DETECTOR, "detection.score_threshold", float("nan"), "detection.score_threshold", "finite number"),
+    (DETECTOR, "detection.iou_threshold", 0, "detection.iou_threshold", "above 0 and at most 1, got 0.0"),
+    (DETECTOR, "detection.iou_threshold", 1.01, "detection.iou_threshold", "at most 1"),
+    (DETECTOR, "detection.max_detections", 0, "detection.max_detections", "between 1 and 10000, got 0"),
+    (DETECTOR, "detection.max_detections", 10001, "detection.max_detections", "between 1 and 10000"),
+    (DETECTOR, "detection.max_detections", 1.5, "detection.max_detections", "must be int"),
+    (DETECTOR, "detection.max_detections", True, "detection.max_detections", "must be int"),
+    (DETECTOR, "outputs.0.decision", "argmax", "outputs[0].decision", "applies to segmentation only"),
+    (DETECTOR, "outputs.1.activation", "sigmoid", "outputs[1].activation", "post-NMS scores are final"),
+    (DETECTOR, "outputs.2.labels", ["a"], "outputs[2].labels", "belong on the first output"),
+    (DETECTOR, "inputs.0.image", None, "inputs", "exactly one input with an `image` section"),
+    (YOLO, "detection.boxes", "output0", "detection.boxes", "a yolo detector reads its first output"),
+    (YOLO, "detection.layout", "rows", "detection.layout", "one of auto, features_first, anchors_first"),
+    (YOLO, "outputs.0.activation", "softmax", "outputs[0].activation", "none or sigmoid"),
+    (CLASSIFIER, "detection", {"format": "yolo"}, "detection", "applies to the detection task only"),
 ]
 
 
@@ -295,3 +341,20 @@ def test_threshold_outside_0_1_is_fine_without_activation():
     document = edited(SEGMENTER, "outputs.0.activation", "none")
     document["outputs"][0]["threshold"] = 2.5
     assert manifest.parse(document).primary_output.threshold == 2.5
+
+
+def test_detector_parses_with_torchvision_output_names_and_defaults():
+    m = manifest.parse(edited(DETECTOR, "detection", {"format": "boxes"}))
+    d = m.detection
+    assert (d.format, d.boxes, d.scores, d.labels, d.layout) == ("boxes", "boxes", "scores", "labels", "auto")
+    assert (d.score_threshold, d.iou_threshold, d.max_detections) == (0.25, 0.45, 100)
+    assert m.primary_output.labels == ("background", "nodule")
+    assert "detection" not in manifest.parse(copy.deepcopy(CLASSIFIER)).to_dict()
+
+
+def test_yolo_detector_parses_without_labels():
+    m = manifest.parse(edited(YOLO, "outputs.0.labels", DELETE))
+    assert m.detection.format == "yolo" and m.detection.boxes is None and m.primary_output.labels is None
+    assert m.detection.layout == "features_first" and m.detection.max_detections == 300
+    assert manifest.parse(edited(YOLO, "detection.score_threshold", 0)).detection.score_threshold == 0.0
+    assert manifest.parse(edited(YOLO, "detection.iou_threshold", 1)).detection.iou_threshold == 1.0

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from tests.support.models import adder, identity_segmenter, linear_classifier
+from tests.support.models import (adder, constant_detector, constant_outputs, constant_yolo, identity_segmenter,
+                                  linear_classifier)
 from onnxfn.bundles import bundle as bundles
 from onnxfn.tools.cli import main
 from onnxfn.errors import BadRequest, BundleError
@@ -71,3 +73,72 @@ def test_cli_package_reports_errors_without_a_traceback(tmp_path, capsys):
     bad.write_bytes(b"not onnx")
     assert main(["package", str(bad), "--out", str(tmp_path / "b")]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+BOXES = ([[1, 2, 3, 4], [5, 6, 7, 8]], [0.9, 0.3], [1, 2])
+
+
+def test_a_post_nms_detector_is_recognised_by_its_outputs(tmp_path):
+    model = constant_detector(tmp_path / "d.onnx", *BOXES, names=("scores", "labels", "boxes")[::-1])
+    b = build(model, tmp_path / "out", Options(task="detection", labels=["bg", "nodule", "mass"],
+                                              image={"size": [32, 32], "fit": "pad"}))
+    d = b.manifest.detection
+    assert (d.format, d.boxes, d.scores, d.labels) == ("boxes", "boxes", "scores", "labels")
+    assert b.manifest.primary_output.name == "boxes" and b.manifest.primary_output.labels == ("bg", "nodule", "mass")
+    assert bundles.load(b.root).manifest == b.manifest
+
+
+def test_post_nms_outputs_with_export_names_are_told_apart_by_shape_and_dtype(tmp_path):
+    model = constant_detector(tmp_path / "d.onnx", *BOXES, names=("3049", "3050", "3051"))
+    b = build(model, tmp_path / "out", Options(task="detection", image={"size": [32, 32]},
+                                              detection={"score_threshold": 0.5}))
+    d = b.manifest.detection
+    assert (d.boxes, d.scores, d.labels, d.score_threshold) == ("3049", "3050", "3051", 0.5)
+
+
+def test_a_yolo_detector_and_its_options(tmp_path):
+    model = constant_yolo(tmp_path / "y.onnx", np.zeros((1, 6, 10), np.float32), shape=(1, 3, 32, 32))
+    b = build(model, tmp_path / "out", Options(task="detection", labels=["a", "b"], detection={
+        "layout": "features_first", "iou_threshold": 0.6, "max_detections": 5}))
+    d = b.manifest.detection
+    assert (d.format, d.layout, d.iou_threshold, d.max_detections) == ("yolo", "features_first", 0.6, 5)
+    assert b.manifest.primary_output.labels == ("a", "b")
+
+
+@pytest.mark.parametrize("names, options, error, words", [
+    (("b1", "b2", "l"), {}, BadRequest, ["--boxes-output"]),
+    (("boxes", "scores", "labels"), {"boxes": "nope"}, BundleError, ["detection.boxes", "'nope'"]),
+    (("boxes", "scores", "labels"), {"iou_threshold": 0}, BundleError, ["detection.iou_threshold"]),
+])
+def test_detection_options_that_cannot_be_honoured(tmp_path, names, options, error, words):
+    boxes = [[1, 2, 3, 4]]
+    if names[1] == "b2":  # two [N, 4] float outputs: which holds the boxes?
+        model = constant_outputs(tmp_path / "d.onnx", "d", ("N", 3, "H", "W"), {
+            "b1": np.float32(boxes), "b2": np.float32(boxes), "l": np.int64([1])})
+    else:
+        model = constant_detector(tmp_path / "d.onnx", boxes, [0.5], [1], names=names)
+    with pytest.raises(error) as e:
+        build(model, tmp_path / "out", Options(task="detection", image={"size": [8, 8]}, detection=options))
+    for word in words:
+        assert word in e.value.message
+
+
+def test_a_two_output_model_needs_the_detection_format(tmp_path):
+    model = constant_outputs(tmp_path / "d.onnx", "d", ("N", 3, "H", "W"), {
+        "boxes": np.float32([[1, 2, 3, 4]]), "scores": np.float32([0.5])})
+    with pytest.raises(BadRequest, match="--detection-format"):
+        build(model, tmp_path / "out", Options(task="detection", image={"size": [8, 8]}))
+    model = linear_classifier(tmp_path / "m.onnx")  # one output: taken as yolo, and its shape checked at serving
+    assert build(model, tmp_path / "out", Options(task="detection")).manifest.detection.format == "yolo"
+
+
+def test_cli_package_writes_the_detection_section(tmp_path, capsys):
+    model = constant_yolo(tmp_path / "y.onnx", np.zeros((1, 10, 6), np.float32))
+    code = main(["package", str(model), "--out", str(tmp_path / "b"), "--task", "detection", "--labels", "a,b",
+                 "--size", "32x32", "--fit", "crop", "--yolo-layout", "anchors_first", "--score-threshold", "0.4",
+                 "--iou-threshold", "0.6", "--max-detections", "7"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["task"] == "detection" and printed["outputs"][0]["labels"] == ["a", "b"]
+    assert printed["detection"] == {"format": "yolo", "layout": "anchors_first", "score_threshold": 0.4,
+                                    "iou_threshold": 0.6, "max_detections": 7}
