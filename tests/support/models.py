@@ -95,3 +95,28 @@ def constant_yolo(path: Path, predictions, shape=("N", 3, "H", "W"), name: str =
     """A raw YOLO-style detector: image -> the given [1, 4+C, A] or [1, A, 4+C] tensor (cx, cy, w, h in
     model-input pixels and C class scores per anchor)."""
     return constant_outputs(path, "yolo", shape, {name: np.asarray(predictions, dtype=np.float32)})
+
+
+def reshaper(path: Path) -> Path:
+    """data [6] float and shape [2] int64 -> Reshape(data, shape): zeros are no valid shape, [2, 3] is."""
+    def graph(helper, T, nh):
+        return helper.make_graph(
+            [helper.make_node("Reshape", ["data", "shape"], ["reshaped"])], "reshaper",
+            [helper.make_tensor_value_info("data", T.FLOAT, [6]),
+             helper.make_tensor_value_info("shape", T.INT64, [2])],
+            [helper.make_tensor_value_info("reshaped", T.FLOAT, ["R", "C"])])
+    return onnx_model(path, graph)
+
+
+def image_scaler(path: Path, shape=(1, 3, "H", "W")) -> Path:
+    """An identity-like image model for tensor bundles: image -> scaled = image * 2 and mean = its mean over
+    H and W ([N, C]), so the outputs are known from the pre-processed input."""
+    def graph(helper, T, nh):
+        return helper.make_graph(
+            [helper.make_node("Mul", ["image", "two"], ["scaled"]),
+             helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0)], "scaler",
+            [helper.make_tensor_value_info("image", T.FLOAT, list(shape))],
+            [helper.make_tensor_value_info("scaled", T.FLOAT, list(shape)),
+             helper.make_tensor_value_info("mean", T.FLOAT, [shape[0], shape[1]])],
+            [nh.from_array(np.array(2.0, dtype=np.float32), "two")])
+    return onnx_model(path, graph)

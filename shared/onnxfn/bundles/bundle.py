@@ -11,12 +11,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from onnxfn.bundles import manifest as mf
 from onnxfn.errors import BundleError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 MANIFEST = "manifest.json"
+#: where `onnxfn package --example` puts the example inputs, beside manifest.json
+EXAMPLE = "example.npz"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,21 @@ class Bundle:
                 self.files[artifact.path] = self.fetcher(artifact)
             return self.files[artifact.path]
         return self.root / artifact.path
+
+    def example(self) -> dict[str, np.ndarray] | None:
+        """The example inputs (one array per input name) when the manifest declares `example.npz`, read from
+        its verified file and checked against the inputs; None without one. A damaged or mismatched file is
+        a `BundleError` (example_invalid): the bundle is not served."""
+        pinned = self.manifest.example
+        if pinned is None:
+            return None
+        path = self.fetch(pinned)
+        arrays = read_example(path, f"{pinned.path!r} of the bundle")
+        problem = example_problem(arrays, self.manifest.inputs)
+        if problem:
+            raise BundleError(f"{pinned.path!r} of the bundle does not fit the model: {problem}; repackage it",
+                              code="example_invalid")
+        return arrays
 
 
 def sha256_file(path: Path) -> str:
@@ -68,11 +88,16 @@ def load(root: Path, eager: bool = True) -> Bundle:
     root = Path(root)
     manifest, digest = read_manifest(root)
     if not eager:
-        return Bundle(root, manifest, files={}, manifest_sha256=digest,
-                      fetcher=lambda artifact: check_file(root / artifact.path, artifact))
+        bundle = Bundle(root, manifest, files={}, manifest_sha256=digest,
+                        fetcher=lambda artifact: check_file(root / artifact.path, artifact))
+        if manifest.example is not None:  # small, and checked now: a damaged one never serves
+            bundle.fetch(manifest.example)
+        return bundle
     bundle = Bundle(root, manifest, manifest_sha256=digest)
     for artifact in bundle.manifest.artifacts:
         verify_artifact(bundle, artifact)
+    if manifest.example is not None:
+        check_file(root / manifest.example.path, manifest.example)
     return bundle
 
 
@@ -81,8 +106,8 @@ def verify_artifact(bundle: Bundle, artifact: mf.Artifact) -> None:
     check_file(bundle.fetch(artifact), artifact)
 
 
-def check_file(path: Path, artifact: mf.Artifact) -> Path:
-    """`path`, once its size and sha256 are the manifest's for `artifact`."""
+def check_file(path: Path, artifact: mf.Artifact | mf.Example) -> Path:
+    """`path`, once its size and sha256 are the manifest's for `artifact` (or the example inputs)."""
     if not path.is_file():
         raise BundleError(f"artifact {artifact.path!r} listed in {MANIFEST} is missing from the bundle",
                           code="artifact_missing")
@@ -95,6 +120,41 @@ def check_file(path: Path, artifact: mf.Artifact) -> Path:
         raise BundleError(f"artifact {artifact.path!r} has sha256 {actual} but {MANIFEST} says {artifact.sha256}: "
                           "the bundle is damaged or was edited; repackage it", code="checksum_mismatch")
     return path
+
+
+def read_example(path: Path, what: str) -> dict[str, np.ndarray]:
+    """The arrays of an example .npz (no pickled objects); `BundleError` (example_invalid) when it cannot be read."""
+    import zipfile
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("it holds one array, not an .npz of one array per input name")
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise BundleError(f"{what} cannot be read as .npz: {e}", code="example_invalid") from None
+
+
+def example_problem(arrays: dict[str, np.ndarray], inputs: tuple[mf.InputSpec, ...]) -> str | None:
+    """What keeps `arrays` from being the model's example inputs (names, dtypes, ranks, fixed sizes), naming
+    the input at fault; None when they fit."""
+    names = [spec.name for spec in inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        return f"no array for input(s) {', '.join(map(repr, missing))} (arrays: {', '.join(map(repr, arrays))})"
+    extra = [n for n in arrays if n not in names]
+    if extra:
+        return f"array(s) {', '.join(map(repr, extra))} name no input; the inputs are {', '.join(map(repr, names))}"
+    for spec in inputs:
+        array = arrays[spec.name]
+        fits = array.dtype.kind in "US" if spec.dtype == "string" else array.dtype.name == spec.dtype
+        if not fits:
+            return f"input {spec.name!r} takes {spec.dtype}, the example is {array.dtype.name}"
+        if array.ndim != len(spec.shape) or any(isinstance(want, int) and want != got
+                                                for want, got in zip(spec.shape, array.shape)):
+            shape = [d if isinstance(d, int) else -1 for d in spec.shape]
+            return f"input {spec.name!r} takes shape {shape}, the example is {list(array.shape)}"
+    return None
 
 
 def write(root: Path, manifest: mf.Manifest, files: dict[str, Path], force: bool = False) -> Bundle:

@@ -84,20 +84,24 @@ class Cache:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BundleError(f"{store.describe(bundles.MANIFEST)} is not valid JSON: {e}",
                               code="invalid_manifest") from None
-        largest = max(a.size for a in manifest.artifacts)
+        pinned = [*manifest.artifacts, *([manifest.example] if manifest.example is not None else [])]
+        largest = max(a.size for a in pinned)
         if largest > self.max_bytes:
             raise BundleError(f"an artifact of the bundle is {largest:,} bytes, more than the cache holds "
                               f"({self.max_bytes:,} bytes, ONNXFN_CACHE_BYTES): give the function more memory "
                               "(/tmp is a quarter of it) or ship the bundle in the image", code="too_large")
-        keep = {a.sha256 for a in manifest.artifacts}
+        keep = {a.sha256 for a in pinned}
 
-        def fetch(artifact: mf.Artifact) -> Path:
+        def fetch(artifact: mf.Artifact | mf.Example) -> Path:
             """Artifacts are fetched when the runner asks for them: only the one it chooses (and the portable
             one if that fails), not every CPU class's."""
             return self.artifact(store, artifact, deadline, keep)
-        return bundles.Bundle(self.blobs, manifest, {}, manifest_sha256=digest, version=version, fetcher=fetch)
+        bundle = bundles.Bundle(self.blobs, manifest, {}, manifest_sha256=digest, version=version, fetcher=fetch)
+        if manifest.example is not None:  # small: fetched and verified by sha256 now, so a damaged one never serves
+            bundle.fetch(manifest.example)
+        return bundle
 
-    def artifact(self, store: Store, artifact: mf.Artifact, deadline: float, keep: set[str]) -> Path:
+    def artifact(self, store: Store, artifact: mf.Artifact | mf.Example, deadline: float, keep: set[str]) -> Path:
         """The cached file of `artifact`, downloaded and verified (retried until `deadline`) unless already there;
         room is made first by evicting least-recently-used blobs, never those in `keep`."""
         path = self.blobs / artifact.sha256
@@ -107,7 +111,7 @@ class Cache:
         self.evict(artifact.size, keep)
         return retrying(lambda: self._download(store, artifact, path), deadline, artifact.path)
 
-    def _download(self, store: Store, artifact: mf.Artifact, path: Path) -> Path:
+    def _download(self, store: Store, artifact: mf.Artifact | mf.Example, path: Path) -> Path:
         part = self.partial / f"{artifact.sha256}.{uuid.uuid4().hex}.part"
         digest, size = hashlib.sha256(), 0
         try:

@@ -135,6 +135,15 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class Example:
+    """The bundle's example inputs (`example.npz`: one array per input name), pinned by size and sha256 like
+    an artifact: warm-ups and the bad-input-versus-broken-artifact probe run on them instead of zeros."""
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Tuning:
     """Session settings a benchmark chose for a CPU class (`onnxfn bench --write`)."""
     requires: Requirement
@@ -159,6 +168,7 @@ class Manifest:
     format: int = FORMAT
     tuning: tuple[Tuning, ...] = ()
     detection: DetectionSpec | None = None
+    example: Example | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -264,11 +274,12 @@ def parse(data: Any) -> Manifest:
     artifacts = tuple(_artifact(a) for a in r.items("artifacts"))
     tuning = tuple(_tuning(t) for t in r.items("tuning")) if data.get("tuning") else ()
     detection = _detection(_Reader(data["detection"], "detection")) if data.get("detection") is not None else None
+    example = _example(_Reader(data["example"], "example")) if data.get("example") is not None else None
     known = {"format", "name", "version", "task", "inputs", "outputs", "artifacts", "description", "tuning",
-             "detection"}
+             "detection", "example"}
     manifest = Manifest(name=name, version=version, task=task, inputs=inputs, outputs=outputs,
                         artifacts=artifacts, description=r.get("description", str, ""), tuning=tuning,
-                        detection=detection, extra={k: v for k, v in data.items() if k not in known})
+                        detection=detection, example=example, extra={k: v for k, v in data.items() if k not in known})
     _check(manifest, r)
     return manifest
 
@@ -404,7 +415,8 @@ def _detection(r: _Reader) -> DetectionSpec:
     return spec
 
 
-def _artifact(r: _Reader) -> Artifact:
+def _pinned(r: _Reader) -> tuple[str, str, int]:
+    """A bundle file's path, sha256 and size, checked."""
     path = r.get("path", str)
     if path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
         raise r.fail("path", f"must be a relative path inside the bundle, got {path!r}")
@@ -414,6 +426,18 @@ def _artifact(r: _Reader) -> Artifact:
     size = r.get("size", int)
     if size < 0:
         raise r.fail("size", f"must be 0 or more, got {size}")
+    return path, sha, size
+
+
+def _example(r: _Reader) -> Example:
+    path, sha, size = _pinned(r)
+    if not path.endswith(".npz"):
+        raise r.fail("path", f"must name an .npz file (one array per input name), got {path!r}")
+    return Example(path=path, sha256=sha, size=size)
+
+
+def _artifact(r: _Reader) -> Artifact:
+    path, sha, size = _pinned(r)
     kind = r.get("kind", str, "portable", choices=ARTIFACT_KINDS)
     requires = _requirement(_Reader(r.data["requires"], r.path("requires"))) if r.data.get("requires") else None
     if kind == "portable" and requires is not None:
@@ -465,7 +489,13 @@ def _check(m: Manifest, r: _Reader) -> None:
             raise r.fail(f"tuning[{i}].artifact", f"names {t.artifact!r}, which is not among the artifacts")
     if m.detection is not None and m.task != "detection":
         raise r.fail("detection", f"applies to the detection task only; this is a {m.task} model")
+    if m.example is not None and m.example.path in paths:
+        raise r.fail("example.path", f"is {m.example.path!r}, which an artifact uses too")
     if m.task == "tensor":
+        for i, spec in enumerate(m.inputs[1:], start=1):
+            if spec.image is not None:
+                raise r.fail(f"inputs[{i}].image", "applies to a tensor model's first input only: the one an "
+                                                   "image sent to /predict or by an event becomes")
         return
     images = [i for i in m.inputs if i.image is not None]
     if len(m.inputs) != 1 or len(images) != 1:

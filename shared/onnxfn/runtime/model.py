@@ -30,7 +30,8 @@ class Model:
     tuning: Tuning | None = None      # the benchmark's settings applied, if any
     fallbacks: tuple[str, ...] = ()   # artifacts that failed to load before this one
     phases: dict = field(default_factory=dict)  # ms spent fetching, waiting for the engine, creating, warming
-    warmed: bool = False              # a run on zeros was made when the session was built
+    warmed: bool = False              # a warm-up run was made when the session was built
+    warmed_on: str | None = None      # what the last warm-up ran on: "example" (example.npz) or "zeros"
     checked: bool = False             # the artifact has run once (warm-up or a call): it works on this CPU
 
     @property
@@ -60,9 +61,21 @@ class Model:
         return dict(zip(names, values))
 
     def warm_up(self) -> None:
-        """One run on zeros: the first run's costs are paid, and the artifact is known to run here."""
-        self.run({spec.name: example(spec) for spec in self.manifest.inputs})
+        """One run on the bundle's example inputs (example.npz), else on zeros: the first run's costs are paid,
+        and the artifact is known to run here. It is also the probe that tells a bad input from an artifact
+        this CPU cannot run (`Runner.recheck`), so it must be an input the model takes: zeros are not, for
+        inputs that carry sizes, axes or indices. A damaged example is a `BundleError`."""
+        feeds, self.warmed_on = warm_up_feeds(self.bundle)
+        self.run(feeds)
         self.checked = True
+
+
+def warm_up_feeds(bundle: Bundle) -> tuple[dict[str, np.ndarray], str]:
+    """The inputs a warm-up runs on and what they are: the bundle's example ("example"), else zeros ("zeros")."""
+    arrays = bundle.example()
+    if arrays is None:
+        return {spec.name: example(spec) for spec in bundle.manifest.inputs}, "zeros"
+    return {name: a.astype(object) if a.dtype.kind in "US" else a for name, a in arrays.items()}, "example"
 
 
 def example(spec: InputSpec) -> np.ndarray:

@@ -210,9 +210,11 @@ def gate(candidate: Derived, manifest: Manifest, reference: np.ndarray, got: np.
 def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[str], int8_targets: list[str],
           calibration: list[np.ndarray] | None, validation: list[np.ndarray] | None,
           limits: Thresholds, ort_format: bool = True,
-          progress: Callable[[str], None] | None = None) -> list[Derived]:
+          progress: Callable[[str], None] | None = None,
+          example: dict[str, np.ndarray] | None = None) -> list[Derived]:
     """Make, check and return the requested derived artifacts (accepted or not) in `work`; `progress` gets
-    one line per step (optimize, calibrate and quantize, gate, speed) with its time."""
+    one line per step (optimize, calibrate and quantize, gate, speed) with its time. Without validation or
+    calibration inputs the gate checks the bundle's `example` inputs, else random ones of the zeros' shape."""
     spec = manifest.inputs[0]
     if int8_targets and calibration is None:
         raise BadRequest("int8 artifacts need calibration inputs: pass --calibration FILE.npy")
@@ -223,6 +225,8 @@ def build(portable: Path, manifest: Manifest, work: Path, *, optimize_for: list[
     if len(manifest.inputs) != 1 and (optimize_for or int8_targets):
         raise BadRequest("derived artifacts are made for single-input models only")
     checks = validation if validation is not None else calibration
+    if checks is None and example is not None:
+        checks = [example[spec.name]]
     if checks is None:
         from onnxfn.runtime.model import example
         rng = np.random.default_rng(0)

@@ -65,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
     pk.add_argument("--iou-threshold", type=float, help="detection: NMS IoU above which a box is suppressed (0.45)")
     pk.add_argument("--max-detections", type=int, help="detection: most boxes answered (default 100)")
     pk.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    pk.add_argument("--example", type=Path, metavar="FILE.npz",
+                    help="one valid array per input name: warm-ups and gates run on it instead of zeros "
+                         "(needed when zeros are not valid for an input: sizes, axes, indices)")
+    pk.add_argument("--image-input", action="store_true",
+                    help="tensor task: the first input takes images on /predict and events (pre-processed as the "
+                         "image options say); the answer is the model's outputs as OIP tensors")
     pk.add_argument("--optimize-for", action="append", default=[], choices=("native", "x86_64", "aarch64"),
                     help="add an offline-optimized artifact for this machine's CPU class (native) or another "
                          "architecture (made portable-safe, marked unverified); repeatable")
@@ -172,7 +178,7 @@ def _package(args) -> int:
     options = Options(name=args.name, version=args.version, task=args.task, description=args.description,
                       layout=args.layout, image=image, output=args.output, activation=args.activation,
                       decision=args.decision, threshold=args.threshold, labels=labels, detection=detection,
-                      force=args.force,
+                      force=args.force, example=args.example, image_input=args.image_input,
                       optimize_for=args.optimize_for, calibration=args.calibration, validation=args.validation,
                       ort_format=not args.onnx_format,
                       int8=[default_int8_target() if t == "native" else t for t in args.int8],

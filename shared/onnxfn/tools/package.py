@@ -34,6 +34,8 @@ class Options:
     threshold: float | None = None
     labels: list[str] | None = None
     detection: dict = field(default_factory=dict)  # manifest `detection` fields (format, score_threshold, ...)
+    image_input: bool = False                      # tensor task: the first input takes images (an `image` section)
+    example: Path | None = None                    # .npz of one array per input name: warm-ups run on it
     force: bool = False
     optimize_for: list[str] = field(default_factory=list)   # "native", "x86_64", "aarch64"
     int8: list[str] = field(default_factory=list)            # int8 targets (artifacts.INT8_TARGETS)
@@ -80,8 +82,9 @@ def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
     if not model.is_file():
         raise BadRequest(f"model file {str(model)!r} does not exist")
     inputs, outputs = describe(model)
-    if options.task != "tensor":
-        if len(inputs) != 1:
+    images = options.task != "tensor" or options.image_input or bool(options.image)
+    if images:
+        if len(inputs) != 1 and options.task != "tensor":
             raise BadRequest(f"a {options.task} bundle needs a model with one input; this one has "
                              f"{', '.join(i['name'] for i in inputs)}: package it as --task tensor")
         spec = inputs[0]
@@ -121,19 +124,57 @@ def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
     manifest = mf.parse(json.loads(json.dumps(document)))
     files = {"model.onnx": model}
     with tempfile.TemporaryDirectory() as work:
+        example = None
+        if options.example is not None:
+            example = load_example(options.example, manifest.inputs)
+            path = Path(work) / bundles.EXAMPLE
+            np.savez(path, **example)
+            files[bundles.EXAMPLE] = path
+            pinned = bundles.artifact_for(path, bundles.EXAMPLE)
+            document["example"] = {"path": pinned.path, "sha256": pinned.sha256, "size": pinned.size}
+            manifest = mf.parse(json.loads(json.dumps(document)))
         if options.optimize_for or options.int8:
-            document["artifacts"] += _derived(model, manifest, Path(work), options, files)
+            document["artifacts"] += _derived(model, manifest, Path(work), options, files, example)
             manifest = mf.parse(json.loads(json.dumps(document)))
         written = bundles.write(out, manifest, files, force=options.force)
     from onnxfn.runtime.loader import load
     from onnxfn.settings import Settings
-    try:  # the bundle must serve: manifest matches the model, warm-up runs
+    try:  # the bundle must serve: manifest matches the model, warm-up runs (on the example, else on zeros)
         load(Settings(model_uri=str(written.root), threads=1))
-    except BundleError:
+    except BundleError as e:
         import shutil
         shutil.rmtree(written.root, ignore_errors=True)
+        if e.code == "warmup_failed" and example is None:
+            raise BundleError(zeros_failed(manifest.inputs, e.message), code="warmup_failed") from None
         raise
     return written
+
+
+def zeros_failed(inputs: tuple[mf.InputSpec, ...], message: str) -> str:
+    """The packaging error when the warm-up on zeros fails: the input(s) whose zeros are likely invalid
+    (those that are not floating point: sizes, axes, indices; else every input) and the `--example` cure."""
+    suspects = [i.name for i in inputs if not i.dtype.startswith("float")] or [i.name for i in inputs]
+    which = ", ".join(map(repr, suspects))
+    return (f"{message.strip().rstrip('.')}. The warm-up ran on zeros, which may not be valid for input(s) {which} (sizes, scales, "
+            f"axes or indices): pass --example FILE.npz holding a valid array for each input by name "
+            f"({', '.join(i.name for i in inputs)})")
+
+
+def load_example(path: Path, inputs: tuple[mf.InputSpec, ...]) -> dict[str, np.ndarray]:
+    """The `--example` arrays, checked against the model's inputs (names, dtypes, shapes): a 400 naming the
+    input otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadRequest(f"--example {str(path)!r} does not exist: pass an .npz with one array per input name",
+                         code="example_invalid")
+    try:
+        arrays = bundles.read_example(path, f"--example {str(path)!r}")
+    except BundleError as e:
+        raise BadRequest(e.message, code="example_invalid") from None
+    problem = bundles.example_problem(arrays, inputs)
+    if problem:
+        raise BadRequest(f"--example {str(path)!r}: {problem}", code="example_invalid")
+    return arrays
 
 
 def _detection(outputs: list[dict], options: Options) -> dict:
@@ -173,7 +214,8 @@ def _artifact_entry(artifact: mf.Artifact) -> dict:
     return {k: v for k, v in asdict(artifact).items() if v is not None}
 
 
-def _derived(model: Path, manifest: mf.Manifest, work: Path, options: Options, files: dict) -> list[dict]:
+def _derived(model: Path, manifest: mf.Manifest, work: Path, options: Options, files: dict,
+             example: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Build the requested optimized/int8 artifacts; keep those that pass the accuracy gate."""
     from onnxfn.tools import artifacts
     from onnxfn.tools.accuracy import Thresholds
@@ -183,7 +225,7 @@ def _derived(model: Path, manifest: mf.Manifest, work: Path, options: Options, f
     candidates = artifacts.build(model, manifest, work, optimize_for=options.optimize_for,
                                  int8_targets=options.int8, calibration=calibration, validation=validation,
                                  limits=options.thresholds or Thresholds(), ort_format=options.ort_format,
-                                 progress=options.progress)
+                                 progress=options.progress, example=example)
     entries = []
     for c in candidates:
         figures = ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.accuracy.items())

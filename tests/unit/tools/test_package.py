@@ -142,3 +142,70 @@ def test_cli_package_writes_the_detection_section(tmp_path, capsys):
     assert printed["task"] == "detection" and printed["outputs"][0]["labels"] == ["a", "b"]
     assert printed["detection"] == {"format": "yolo", "layout": "anchors_first", "score_threshold": 0.4,
                                     "iou_threshold": 0.6, "max_detections": 7}
+
+
+def test_zeros_that_fail_name_the_input_and_suggest_an_example(tmp_path):
+    from tests.support.models import reshaper
+    with pytest.raises(BundleError) as e:
+        build(reshaper(tmp_path / "r.onnx"), tmp_path / "out", Options())
+    assert e.value.code == "warmup_failed"
+    assert "'shape'" in e.value.message and "--example" in e.value.message and "zeros" in e.value.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_fails_on_zeros_packages_and_answers_with_an_example(tmp_path):
+    from onnxfn.service import Service
+    from onnxfn.settings import Settings
+    from tests.support.models import reshaper
+    np.savez(tmp_path / "ex.npz", data=np.zeros(6, dtype=np.float32), shape=np.array([3, 2]))
+    b = build(reshaper(tmp_path / "r.onnx"), tmp_path / "out", Options(example=tmp_path / "ex.npz"))
+    assert b.manifest.example is not None and (b.root / "example.npz").is_file()
+    answer = Service(Settings(model_uri=str(b.root), threads=1)).infer({"inputs": [
+        {"name": "data", "datatype": "FP32", "shape": [6], "data": list(range(6))},
+        {"name": "shape", "datatype": "INT64", "shape": [2], "data": [2, 3]}]})
+    assert answer.body["outputs"] == [{"name": "reshaped", "datatype": "FP32", "shape": [2, 3],
+                                       "data": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}]
+
+
+@pytest.mark.parametrize("arrays, words", [
+    ({"data": np.zeros(6, np.float32)}, ["'shape'", "no array"]),
+    ({"data": np.zeros(6, np.float32), "shape": np.array([2, 3]), "other": np.zeros(1)}, ["'other'"]),
+    ({"data": np.zeros(6, np.float64), "shape": np.array([2, 3])}, ["'data'", "float32", "float64"]),
+    ({"data": np.zeros(5, np.float32), "shape": np.array([5])}, ["'data'", "[6]", "[5]"]),
+])
+def test_an_example_that_does_not_fit_is_a_400_naming_the_input(tmp_path, arrays, words):
+    from tests.support.models import reshaper
+    np.savez(tmp_path / "ex.npz", **arrays)
+    with pytest.raises(BadRequest) as e:
+        build(reshaper(tmp_path / "r.onnx"), tmp_path / "out", Options(example=tmp_path / "ex.npz"))
+    assert e.value.status == 400 and e.value.code == "example_invalid"
+    for word in words:
+        assert word in e.value.message
+    (tmp_path / "raw.npy").write_bytes(b"nonsense")
+    with pytest.raises(BadRequest, match="--example"):
+        build(reshaper(tmp_path / "r.onnx"), tmp_path / "out", Options(example=tmp_path / "raw.npy"))
+
+
+def test_the_derived_artifacts_gate_runs_on_the_example(tmp_path, monkeypatch):
+    from onnxfn.tools import artifacts
+    seen = []
+    real = artifacts.outputs
+
+    def spy(model, spec, inputs, output, artifact=None):
+        seen.append([x.copy() for x in inputs])
+        return real(model, spec, inputs, output, artifact)
+    monkeypatch.setattr(artifacts, "outputs", spy)
+    example = np.full((1, 1, 8, 8), 0.25, dtype=np.float32)
+    np.savez(tmp_path / "ex.npz", image=example)
+    b = build(linear_classifier(tmp_path / "m.onnx", shape=(1, 1, 8, 8)), tmp_path / "out",
+              Options(task="classification", optimize_for=["native"], example=tmp_path / "ex.npz"))
+    assert seen and all(len(inputs) == 1 and np.array_equal(inputs[0], example) for inputs in seen)
+    assert any(a.kind == "optimized" for a in b.manifest.artifacts)
+
+
+def test_cli_package_takes_an_example(tmp_path, capsys):
+    from tests.support.models import reshaper
+    np.savez(tmp_path / "ex.npz", data=np.zeros(6, dtype=np.float32), shape=np.array([2, 3]))
+    assert main(["package", str(reshaper(tmp_path / "r.onnx")), "--out", str(tmp_path / "out"),
+                 "--example", str(tmp_path / "ex.npz")]) == 0
+    assert json.loads(capsys.readouterr().out)["example"]["path"] == "example.npz"
