@@ -11,6 +11,7 @@ from onnxfn.tasks import detect, postprocess, preprocess
 from onnxfn.errors import BadRequest, InferenceError, NotFound
 from onnxfn.runtime.loader import Runner
 from onnxfn.runtime.model import Model
+from onnxfn.bundles.manifest import InputSpec
 from onnxfn.runtime import session as sessions
 from onnxfn.settings import Settings
 
@@ -100,8 +101,12 @@ class Service:
                 "cold": cold, "timings_ms": timer.total()}
 
     # -- image in, task answer out ----------------------------------------------------
-    def predict(self, data: bytes, content_type: str | None, deadline: float | None = None) -> Answer:
-        """An image (raw, multipart or base64 JSON; PNG, JPEG, TIFF, BMP or DICOM) in, the task's answer out."""
+    def predict(self, data: bytes, content_type: str | None, deadline: float | None = None,
+                binary_output: bool = False) -> Answer:
+        """An image (raw, multipart or base64 JSON; PNG, JPEG, TIFF, BMP or DICOM) in, the task's answer out.
+        A `tensor` bundle whose first input has an `image` section answers every output of the model as OIP
+        outputs in `result.outputs`: JSON, or with `binary_output` as binary data in `Answer.tensors` (the
+        entries then carry `binary_data_size`, as the OIP binary extension answers)."""
         timer = Timer()
         with timer.step("decode"):
             body = payload.classify(data, content_type, self.settings.max_body_bytes)
@@ -112,17 +117,20 @@ class Service:
             image = payload.decode_image(body, self.settings.max_pixels)
         model, cold = self.model(timer, deadline=deadline, inference=True)
         m = model.manifest
-        if m.task == "tensor":
-            raise BadRequest(f"model {m.name!r} is a tensor model: send OIP tensors to /v2/models/{m.name}/infer",
-                             code="tensor_model")
-        spec = m.image_input
+        spec = image_input(m)
         with timer.step("preprocess"):
             feed, geometry = preprocess.prepare(image, spec)
-        names = detect.output_names(m) if m.task == "detection" else [m.primary_output.name]
+        if m.task == "tensor":
+            names = None  # every output
+        else:
+            names = detect.output_names(m) if m.task == "detection" else [m.primary_output.name]
         with timer.step("inference"):
             outputs, model = self.run(model, {spec.name: feed}, names, deadline)
+        tensors: list[bytes] = []
         with timer.step("postprocess"):
-            if m.task == "detection":
+            if m.task == "tensor":
+                result, tensors = oip_outputs(outputs, binary_output)
+            elif m.task == "detection":
                 result = detect.detect(outputs, m, geometry)
             elif m.task == "classification":
                 result = postprocess.classify(outputs[m.primary_output.name], m.primary_output, self.settings.top_k)
@@ -132,7 +140,7 @@ class Service:
                   "image": {"format": image.format, "width": image.width, "height": image.height,
                             "channels": image.channels, "bits": image.bits}}
         described = self.describe(model, cold, timer)
-        return Answer({**answer, **described}, cold, described["timings_ms"])
+        return Answer({**answer, **described}, cold, described["timings_ms"], tensors)
 
     # -- Open Inference Protocol ----------------------------------------------------------
     def infer(self, document, name: str | None = None, version: str | None = None,
@@ -185,3 +193,31 @@ class Service:
                              "shape": tensor.shape_of(o.shape)} for o in model.session.get_outputs()],
                 "parameters": {"task": m.task, "sha256": m.portable.sha256}}
 
+
+def image_input(m) -> InputSpec:
+    """The input an image sent to /predict becomes: an image task's image input, or a tensor model's first
+    input when it has an `image` section and is the model's only input; a 400 otherwise."""
+    if m.task != "tensor":
+        return m.image_input
+    spec = m.inputs[0]
+    if spec.image is None:
+        raise BadRequest(f"model {m.name!r} is a tensor model: send OIP tensors to /v2/models/{m.name}/infer "
+                         "(it takes images when packaged with --image-input)", code="tensor_model")
+    if len(m.inputs) > 1:
+        raise BadRequest(f"model {m.name!r} takes inputs {', '.join(repr(i.name) for i in m.inputs[1:])} besides "
+                         f"the image: send OIP tensors to /v2/models/{m.name}/infer", code="tensor_model")
+    return spec
+
+
+def oip_outputs(outputs: dict, binary_output: bool = False) -> tuple[dict, list[bytes]]:
+    """A tensor task's `result`: `{"outputs": [...]}` as OIP outputs (JSON data, or `binary_data_size` with the
+    bytes in the returned list, in order, when `binary_output`)."""
+    encoded, tensors = [], []
+    for name, value in outputs.items():
+        if binary_output:
+            entry, data = binary.encode(name, value)
+            tensors.append(data)
+        else:
+            entry = tensor.encode(name, value)
+        encoded.append(entry)
+    return {"outputs": encoded}, tensors

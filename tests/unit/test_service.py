@@ -64,3 +64,60 @@ def test_timer_steps_add_up_and_the_total_covers_them():
     total = timer.total()
     assert total["decode"] >= 20 and total["total"] >= total["decode"]
     assert np.isclose(total["decode"], round(total["decode"], 3))
+
+
+@pytest.fixture
+def image_tensor_bundle(tmp_path):
+    from onnxfn.tools.package import Options, build
+    from tests.support.models import image_scaler
+    return build(image_scaler(tmp_path / "scaler.onnx"), tmp_path / "bundle",
+                 Options(name="scaler", image_input=True, image={"size": [6, 10]})).root
+
+
+def expected_outputs(root, picture: bytes) -> dict:
+    """What onnxruntime answers on the input as the bundle pre-processes it."""
+    from onnxfn.bundles import bundle as bundles
+    from onnxfn.codecs import payload
+    from onnxfn.runtime import session as sessions
+    from onnxfn.tasks import preprocess
+    b = bundles.load(root)
+    spec = b.manifest.inputs[0]
+    feed, _ = preprocess.prepare(payload.decode_image(payload.classify(picture, "image/png", 1 << 30), 1 << 30), spec)
+    session = sessions.create(b.root / "model.onnx", 1)
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {spec.name: feed})))
+
+
+def test_a_tensor_bundle_with_an_image_input_answers_images_with_oip_outputs(image_tensor_bundle):
+    from tests.support.images import png
+    picture = png(np.arange(8 * 12 * 3, dtype=np.uint8).reshape(8, 12, 3))
+    answer = service_for(image_tensor_bundle).predict(picture, "image/png")
+    body = answer.body
+    assert body["task"] == "tensor" and body["model"]["name"] == "scaler" and answer.tensors == []
+    assert set(body) >= {"result", "image", "model", "runtime", "cold", "timings_ms"}
+    assert body["image"]["width"] == 12 and body["image"]["height"] == 8
+    expected = expected_outputs(image_tensor_bundle, picture)
+    outputs = body["result"]["outputs"]
+    assert [o["name"] for o in outputs] == ["scaled", "mean"]
+    for o in outputs:
+        assert o["datatype"] == "FP32" and o["shape"] == list(expected[o["name"]].shape)
+        assert np.array_equal(np.asarray(o["data"], dtype=np.float32).reshape(o["shape"]), expected[o["name"]])
+    assert outputs[0]["shape"] == [1, 3, 6, 10]
+
+
+def test_a_tensor_bundle_answers_binary_outputs_when_asked(image_tensor_bundle):
+    from tests.support.images import png
+    picture = png(np.full((6, 10, 3), 200, dtype=np.uint8))
+    answer = service_for(image_tensor_bundle).predict(picture, "image/png", binary_output=True)
+    expected = expected_outputs(image_tensor_bundle, picture)
+    outputs = answer.body["result"]["outputs"]
+    assert len(answer.tensors) == 2
+    for o, data in zip(outputs, answer.tensors):
+        assert "data" not in o and o["parameters"]["binary_data_size"] == len(data)
+        assert np.array_equal(np.frombuffer(data, "<f4").reshape(o["shape"]), expected[o["name"]])
+
+
+def test_a_tensor_bundle_without_an_image_input_still_refuses_images(bundles):
+    with pytest.raises(BadRequest) as e:
+        service_for(bundles["adder"]).predict(DIGIT, "image/png")
+    assert e.value.code == "tensor_model" and "--image-input" in e.value.message

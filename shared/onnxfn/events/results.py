@@ -1,5 +1,6 @@
 """Results beside the objects events name: the answer (`<key>.json`, and `<key>.mask.png` for
-segmentation) or an error record (`<key>.error.json`), written idempotently:
+segmentation; for a tensor bundle taking images, its OIP outputs in `<key>.json`, and in `<key>.npz` when
+the JSON would be over `TENSOR_JSON_LIMIT`) or an error record (`<key>.error.json`), written idempotently:
 
 - every write is conditional (If-None-Match: *); only when a result exists already is it looked at;
 - a result records the source ETag and the model's sha256 (object metadata): a replay for the same
@@ -22,7 +23,10 @@ from onnxfn.storage.retry import retrying
 from onnxfn.storage.s3 import S3Store
 from onnxfn.storage.store import Stat
 
-RESULT_SUFFIXES = (".json", ".mask.png")
+RESULT_SUFFIXES = (".json", ".mask.png", ".npz")
+#: a tensor answer whose JSON would be larger than this (bytes) has its outputs written to `<key>.npz`
+#: (one array per output name) and the JSON keeps their names, datatypes and shapes, not their data
+TENSOR_JSON_LIMIT = 1 << 20
 DEFAULT_PREFIX = "results/"
 MAX_KEY = 1024
 
@@ -59,7 +63,15 @@ class Results:
             png = base64.b64decode(mask.pop("data"))
             mask["key"] = self.output.prefix + result_name(ref.key, ".mask.png")
             files.append((result_name(ref.key, ".mask.png"), png, "image/png"))
-        files.append((result_name(ref.key, ".json"), _compact(answer), "application/json"))
+        document = _compact(answer)
+        outputs = answer.get("result", {}).get("outputs")
+        if outputs is not None and len(document) > TENSOR_JSON_LIMIT:
+            name = result_name(ref.key, ".npz")
+            files.append((name, outputs_npz(outputs), "application/octet-stream"))
+            answer["result"] = {"outputs": [{k: v for k, v in o.items() if k != "data"} for o in outputs],
+                                "npz": {"key": self.output.prefix + name, "json_bytes": len(document)}}
+            document = _compact(answer)
+        files.append((result_name(ref.key, ".json"), document, "application/json"))
         return tuple(self.output.prefix + name for name, data, ctype in files if self._put(name, data, ctype, tag))
 
     def error(self, ref: ObjectRef, error: OnnxfnError, tag: dict) -> str | None:
@@ -84,8 +96,8 @@ class Results:
         if _same(previous.metadata, tag):
             return False
         old = f"{previous.metadata.get('source-etag', 'unknown')[:8]}-{previous.metadata.get('model-sha256', 'x')[:8]}"
-        archive = f"{name[: -len('.mask.png')]}.{old}.mask.png" if name.endswith(".mask.png") else \
-            f"{name[: -len('.json')]}.{old}.json"
+        suffix = next(s for s in (".mask.png", ".npz", ".json") if name.endswith(s))
+        archive = f"{name[: -len(suffix)]}.{old}{suffix}"
         self._retry(lambda: self.output.copy(name, archive), archive)
         try:
             self._retry(lambda: self.output.put(name, data, ctype, tag, if_match=previous.version), name)
@@ -109,3 +121,17 @@ def _same(metadata: dict, tag: dict) -> bool:
 
 def _compact(document: dict) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
+
+
+def outputs_npz(outputs: list[dict]) -> bytes:
+    """OIP JSON outputs (name, datatype, shape, data) as the bytes of an .npz holding one array per output name."""
+    import io
+    import numpy as np
+    from onnxfn.codecs.tensor import OIP_TO_NUMPY
+    arrays = {}
+    for o in outputs:
+        dtype = OIP_TO_NUMPY.get(o["datatype"], "string")
+        arrays[o["name"]] = np.asarray(o["data"], dtype=str if dtype == "string" else dtype).reshape(o["shape"])
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()

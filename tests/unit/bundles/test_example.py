@@ -107,3 +107,15 @@ def test_a_remote_example_is_fetched_by_sha256_and_verified(tmp_path, served, bu
         fresh.bundle(open_store(served.url), None, time.monotonic() + 20)
     assert e.value.code == "checksum_mismatch" and "example.npz" in e.value.message
     assert list(fresh.blobs.iterdir()) == []
+
+
+def test_a_tensor_model_takes_an_image_section_on_its_first_input_only(bundle):
+    document = json.loads((bundle.root / "manifest.json").read_text())
+    image = {"color": "L", "size": [2, 3]}
+    first = {**document, "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 1, 2, 3], "layout": "NCHW",
+                                     "image": image}, *document["inputs"]]}
+    assert mf.parse(first).inputs[0].image.size == (2, 3)
+    second = {**document, "inputs": [*document["inputs"], first["inputs"][0]]}
+    with pytest.raises(BundleError) as e:
+        mf.parse(second)
+    assert "inputs[2].image" in e.value.message and "first input" in e.value.message

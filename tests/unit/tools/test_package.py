@@ -209,3 +209,14 @@ def test_cli_package_takes_an_example(tmp_path, capsys):
     assert main(["package", str(reshaper(tmp_path / "r.onnx")), "--out", str(tmp_path / "out"),
                  "--example", str(tmp_path / "ex.npz")]) == 0
     assert json.loads(capsys.readouterr().out)["example"]["path"] == "example.npz"
+
+
+def test_a_tensor_bundle_takes_images_with_image_input(tmp_path, capsys):
+    from tests.support.models import image_scaler
+    b = build(image_scaler(tmp_path / "s.onnx"), tmp_path / "out", Options(image_input=True))
+    spec = b.manifest.inputs[0]
+    assert b.manifest.task == "tensor" and spec.layout == "NCHW" and spec.image.color == "RGB"
+    assert build(adder(tmp_path / "a.onnx"), tmp_path / "plain", Options()).manifest.inputs[0].image is None
+    assert main(["package", str(tmp_path / "s.onnx"), "--out", str(tmp_path / "cli"), "--image-input",
+                 "--size", "4x4"]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"][0]["image"]["size"] == [4, 4]
