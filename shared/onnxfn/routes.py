@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from onnxfn import __version__
 from onnxfn.codecs import binary
@@ -135,9 +135,11 @@ def find(method: str, path: str) -> Match:
 # -- handlers: (app, request, **path parameters) -> Reply ----------------------------------------
 
 def predict(app, request: Request) -> Reply:
-    """POST /predict: an image in, the task's answer out."""
-    answer = app.service.predict(request.body, request.content_type, request.deadline)
-    return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms)
+    """POST /predict: an image in, the task's answer out; for a tensor bundle, `?binary_data_output=true` asks
+    for the outputs as OIP binary data (as `/infer`'s `binary_data_output` parameter does)."""
+    binary_output = parse_qs(urlsplit(request.url).query).get("binary_data_output", [""])[-1].lower() == "true"
+    answer = app.service.predict(request.body, request.content_type, request.deadline, binary_output=binary_output)
+    return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms, tensors=answer.tensors)
 
 
 def infer(app, request: Request, name: str | None = None, version: str | None = None) -> Reply:

@@ -4,6 +4,8 @@ outputs equal to what onnxruntime gives on the pre-processed input; an event wri
 and a large answer's outputs as `<key>.npz`."""
 from __future__ import annotations
 
+import json
+
 import io
 
 import numpy as np
@@ -58,6 +60,14 @@ def test_a_png_through_predict_answers_the_model_outputs(function, tmp_path):
     assert_outputs(body["result"]["outputs"], want)
     direct = fn.call(PICTURE, "image/png").json()
     assert_outputs(direct["result"]["outputs"], want)
+    binary = gateway(fn, "POST", "/predict?binary_data_output=true", PICTURE, "image/png")
+    length = int(binary.http_headers["inference-header-content-length"])
+    head, tail = json.loads(binary.body[:length]), binary.body[length:]
+    for o in head["result"]["outputs"]:  # the JSON part names each tensor; the bytes follow in order
+        size = o["parameters"]["binary_data_size"]
+        array, tail = np.frombuffer(tail[:size], dtype="<f4").reshape(o["shape"]), tail[size:]
+        assert "data" not in o and np.array_equal(array, want[o["name"]])
+    assert tail == b""
 
 
 @pytest.fixture
