@@ -4,9 +4,8 @@ outputs equal to what onnxruntime gives on the pre-processed input; an event wri
 and a large answer's outputs as `<key>.npz`."""
 from __future__ import annotations
 
-import json
-
 import io
+import json
 
 import numpy as np
 import pytest
