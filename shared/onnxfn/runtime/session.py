@@ -47,7 +47,7 @@ SPIN_DURATION_US: int | None = 50
 def spinning(threads: int, quota: float | None) -> bool:
     """Whether intra-op threads spin by default: with more than one thread and a CPU quota (the process's own
     cgroup's, `cpu.quota()`; None: unlimited) that covers every one of them. Spinning is ORT's default and what
-    a hand-written handler gets: at 2 threads it made DenseNet-121 1.3-1.4x faster. Under a quota smaller than
+    a hand-written handler gets: at 2 threads it made DenseNet-121 1.1-1.4x faster. Under a quota smaller than
     the threads, sustained traffic is throttled, and spinning (even bounded) added to it: measured at 1.5 CPUs
     for 2 threads, not spinning was throttled least and had the best p50 and p99 (docs/benchmarks/handwritten.md)."""
     if threads <= 1:
