@@ -15,7 +15,7 @@ from onnxfn.tools.bench.merge import merge
 from onnxfn.bundles import bundle as bundles
 from onnxfn.runtime import cpu
 from onnxfn.runtime import loader as runner
-from onnxfn.runtime.session import OPT_LEVELS
+from onnxfn.runtime.session import OPT_LEVELS, spinning
 from onnxfn.tools.cli import main
 from onnxfn.bundles.manifest import Requirement, Tuning
 from onnxfn.settings import Settings
@@ -60,7 +60,9 @@ def test_quick_bench_holds_every_figure(digits):
     runs = result["settings"]["runs"]
     ids = {c["id"] for c in result["candidates"]}
     threads = list(range(1, cpu.threads() + 1))
-    assert ids == {f"cpu:model.onnx:{level}:t{t}" for level in ("EXTENDED", "ALL") for t in threads}
+    spin = ":spin" if spinning(cpu.threads(), cpu.quota()) else ""  # the function's default, added when not asked for
+    default_id = f"cpu:model.onnx:ALL:t{cpu.threads()}{spin}"
+    assert ids == {f"cpu:model.onnx:{level}:t{t}" for level in ("EXTENDED", "ALL") for t in threads} | {default_id}
     for c in result["candidates"]:
         assert set(c) >= CANDIDATE_FIELDS, CANDIDATE_FIELDS - set(c)
         assert c["status"] == "ok" and c["create_ms"] > 0 and c["first_run_ms"] > 0
@@ -73,7 +75,7 @@ def test_quick_bench_holds_every_figure(digits):
     assert sum(c["reference"] for c in result["candidates"]) == 1
     assert result["reference"]["candidate"] == "cpu:model.onnx:ALL:t1"
     default = next(c for c in result["candidates"] if c["default"])
-    assert default["id"] == f"cpu:model.onnx:ALL:t{cpu.threads()}"
+    assert default["id"] == default_id
     assert (out / "report.md").read_text().startswith("# onnxfn bench: digits-cnn")
     if importlib.util.find_spec("matplotlib"):
         assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"

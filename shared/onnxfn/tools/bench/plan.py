@@ -143,9 +143,20 @@ def _mark_default_and_reference(target: Target, options: BenchOptions, candidate
         first = choose(target.manifest, cpu.arch(), cpu.features())[0]
     else:
         first = target.portable[0]
-    default_id = f"cpu:{first.path}:{'DISABLE' if first.preoptimized else 'ALL'}:t{cpu.threads()}"
+    from onnxfn.runtime.session import spinning
+    threads = cpu.threads()
+    default_id = (f"cpu:{first.path}:{'DISABLE' if first.preoptimized else 'ALL'}:t{threads}"
+                  f"{':spin' if spinning(threads, cpu.quota()) else ''}")  # what runtime.session.options builds
     for c in candidates:
         c.default = c.id == default_id
+    if not any(c.default for c in candidates) and not options.artifacts and "cpu" in (options.providers or ["cpu"]):
+        spin = default_id.endswith(":spin")  # spinning not asked for: what the function builds is measured anyway
+        path = next(p for a, p in target.artifacts if a.path == first.path)
+        candidates.append(Candidate(id=default_id, engine="onnxruntime", threads=threads, provider=CPU,
+                                    artifact=first.path, kind=first.kind,
+                                    level="DISABLE" if first.preoptimized else "ALL", spinning=spin, prepacking=True,
+                                    preoptimized=first.preoptimized, path=str(path), default=True))
+        notes.append(f"{default_id} added: what the function builds here without tuning")
     portable, portable_path = target.portable
     ref_id = f"cpu:{portable.path}:ALL:t{min(options.threads)}"
     ref = next((c for c in candidates if c.id == ref_id), None)
