@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import ssl
 import threading
 from contextlib import contextmanager
@@ -33,8 +32,8 @@ from urllib.parse import quote, urlsplit
 from onnxfn.errors import ConfigError, ObjectMissing, PreconditionFailed, StorageUnavailable
 from onnxfn.storage.principal import ResourcePrincipal, sign
 from onnxfn.storage.s3 import Unreachable
-from onnxfn.storage.sigv4 import connection, wait
-from onnxfn.storage.store import CHUNK, Download, Stat, Store
+from onnxfn.storage.http import KeptAlive, body_chunks, response_headers
+from onnxfn.storage.store import Download, Stat, Store
 
 #: The largest object `copy` moves (it reads it whole): results are a JSON document or a mask PNG.
 COPY_LIMIT = 64 << 20
@@ -56,18 +55,18 @@ class ServiceError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class Native:
+class Native(KeptAlive):
     """The native API client for one endpoint, signing with `principal`; `ConfigError` when the endpoint is not an
     http(s) URL."""
+    ENDPOINT = "the endpoint (ONNXFN_OCI_ENDPOINT)"
 
     def __init__(self, endpoint: str, principal: ResourcePrincipal, timeout: float):
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"the Object Storage endpoint {endpoint!r} must be an http:// or https:// URL "
                               "(ONNXFN_OCI_ENDPOINT)")
-        self.principal, self.timeout = principal, timeout
-        self.scheme, self.host, self.base = parts.scheme, parts.netloc, parts.path.rstrip("/")
-        self._local = threading.local()
+        super().__init__(parts.scheme, parts.netloc, timeout)
+        self.principal, self.base = principal, parts.path.rstrip("/")
 
     def path(self, namespace: str, bucket: str, name: str) -> str:
         """The object's path: namespace, bucket and name percent-encoded, `/` included."""
@@ -76,18 +75,18 @@ class Native:
     def head(self, namespace: str, bucket: str, name: str) -> dict[str, str]:
         """The object's response headers, lower-cased; an error status raises `ServiceError`."""
         with self._request("HEAD", self.path(namespace, bucket, name)) as (response, _):
-            return _headers(response)
+            return response_headers(response)
 
     @contextmanager
     def get(self, namespace: str, bucket: str, name: str) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
         """Yield the object's headers and its body in chunks; a body cut short raises `Unreachable`."""
         with self._request("GET", self.path(namespace, bucket, name), stream=True) as (response, sock):
-            yield _headers(response), _chunks(response, response.length, sock, self.timeout)
+            yield response_headers(response), body_chunks(response, response.length, sock, self.timeout)
 
     def put(self, namespace: str, bucket: str, name: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """Write `data`; `headers` holds content-type (signed), opc-meta-* and if-match / if-none-match."""
         with self._request("PUT", self.path(namespace, bucket, name), data, headers) as (response, _):
-            return _headers(response)
+            return response_headers(response)
 
     # the wire -----------------------------------------------------------------------------------
     @contextmanager
@@ -125,35 +124,6 @@ class Native:
                     response.close()
                     self._forget(conn)
 
-    def _send(self, method: str, path: str, body: bytes, headers: dict[str, str]):
-        """Send on this thread's kept-alive connection (replaced once when the server closed it while idle); the
-        socket waits for the answer as long as the storage timeout and the call's deadline allow."""
-        for attempt in (0, 1):
-            fresh = getattr(self._local, "conn", None) is None
-            conn = None
-            try:
-                conn = self._connection()
-                sock = conn.sock
-                sock.settimeout(wait(self.timeout))
-                conn.request(method, path, body=body or None, headers=headers)
-                return conn, sock, conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                self._forget(conn)
-                if fresh or attempt:
-                    raise Unreachable(f"{type(e).__name__}: {e}") from None
-            except ssl.SSLCertVerificationError as e:
-                self._forget(conn)
-                raise ConfigError(f"the TLS certificate of {self.host} could not be verified ({e.verify_message}): "
-                                  "check the endpoint (ONNXFN_OCI_ENDPOINT)") from None
-            except (ValueError, UnicodeError):  # http.client's message would repeat the header: never pass it on
-                self._forget(conn)
-                raise ConfigError("a request header to Object Storage holds characters HTTP cannot carry (control or "
-                                  "non-ASCII characters in the object name's metadata or the token)") from None
-            except (OSError, http.client.HTTPException) as e:
-                self._forget(conn)
-                raise Unreachable(f"{type(e).__name__}: {e}") from None
-        raise AssertionError("unreachable")
-
     def _open(self) -> None:
         """Open this thread's connection now, its failures mapped as `_send` maps them."""
         try:
@@ -163,22 +133,6 @@ class Native:
                               "check the endpoint (ONNXFN_OCI_ENDPOINT)") from None
         except (OSError, http.client.HTTPException) as e:
             raise Unreachable(f"{type(e).__name__}: {e}") from None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connection(self.scheme, self.host, wait(min(5.0, self.timeout)))
-            conn.connect()
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._local.conn = conn
-        return conn
-
-    def _forget(self, conn: http.client.HTTPConnection | None) -> None:
-        if conn is not None:
-            conn.close()
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-
 
 _STATUS_CODES = {400: "InvalidParameter", 401: "NotAuthenticated", 403: "Forbidden", 404: "NotFound",
                  409: "Conflict", 412: "PreconditionFailed", 429: "TooManyRequests", 503: "ServiceUnavailable"}
@@ -193,27 +147,6 @@ def _error_fields(body: bytes) -> tuple[str, str]:
     if not isinstance(document, dict):
         return "", ""
     return str(document.get("code") or ""), str(document.get("message") or "")
-
-
-def _headers(response: http.client.HTTPResponse) -> dict[str, str]:
-    return {k.lower(): v for k, v in response.getheaders()}
-
-
-def _chunks(response, length: int | None, sock: socket.socket, limit: float) -> Iterator[bytes]:
-    """The body in chunks, each read bounded by `limit` and the call's deadline; short of Content-Length: `Unreachable`."""
-    received = 0
-    while True:
-        try:
-            sock.settimeout(wait(limit))
-            chunk = response.read(CHUNK)
-        except (OSError, http.client.HTTPException) as e:
-            raise Unreachable(f"{type(e).__name__}: {e}") from None
-        if not chunk:
-            break
-        received += len(chunk)
-        yield chunk
-    if length is not None and received != length:
-        raise Unreachable(f"the connection closed after {received:,} of {length:,} bytes")
 
 
 _clients: dict = {}

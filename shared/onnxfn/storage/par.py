@@ -54,7 +54,7 @@ class HttpStore(Store):
     @contextmanager
     def _request(self, method: str, name: str):
         """Yield the answer to one request and its socket, redirects followed; an error status raises `_Status`."""
-        from onnxfn.storage.sigv4 import connection, wait
+        from onnxfn.storage.http import connection, wait
         url, status = self._url(name), 0
         for _ in range(_REDIRECTS + 1):
             parts = urlsplit(url)
@@ -83,7 +83,7 @@ class HttpStore(Store):
     def _chunks(self, response, sock, length: int | None, name: str) -> Iterator[bytes]:
         """The body in chunks, each read bounded by the storage timeout and the call's deadline; a body cut
         short of its Content-Length is a transient failure."""
-        from onnxfn.storage.sigv4 import wait
+        from onnxfn.storage.http import wait
         received = 0
         while True:
             sock.settimeout(wait(self.timeout))

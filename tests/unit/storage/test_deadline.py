@@ -255,13 +255,13 @@ def tls(tmp_path, monkeypatch):
     starting the handshake."""
     if not shutil.which("openssl"):
         pytest.skip("openssl is not installed")
-    from onnxfn.storage import sigv4
+    from onnxfn.storage import http as plumbing
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem", "-days", "1",
                     "-subj", "/CN=storage.test", "-addext", "subjectAltName=DNS:storage.test"],
                    check=True, capture_output=True, timeout=30)
     trusted = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
-    monkeypatch.setattr(sigv4, "_tls", trusted)
+    monkeypatch.setattr(plumbing, "_tls", trusted)
     real = socket.getaddrinfo
 
     def fake(host, port, *args, **kwargs):
