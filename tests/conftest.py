@@ -10,7 +10,7 @@ from onnxfn.tools.dev.agent import Function
 from onnxfn.tools.package import Options, build
 from tests.support.models import adder, identity_segmenter, linear_classifier
 
-pytest_plugins = ["tests.support.s3server", "tests.support.parserver"]
+pytest_plugins = ["tests.support.s3server", "tests.support.parserver", "tests.support.cgroups"]
 
 
 @pytest.fixture(scope="session")

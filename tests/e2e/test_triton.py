@@ -16,6 +16,7 @@ import pytest
 from onnxfn.tools.dev.serve import Front
 from onnxfn.tools.package import Options, build
 from tests.support.models import onnx_model
+from tests.support.tensors import SAMPLES
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -23,21 +24,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 ONNX_TYPES = {"BOOL": "BOOL", "UINT8": "UINT8", "UINT16": "UINT16", "UINT32": "UINT32", "UINT64": "UINT64",
               "INT8": "INT8", "INT16": "INT16", "INT32": "INT32", "INT64": "INT64", "FP16": "FLOAT16",
               "FP32": "FLOAT", "FP64": "DOUBLE", "BYTES": "STRING"}
-VALUES = {
-    "BOOL": np.array([[True, False], [False, True]]),
-    "UINT8": np.array([[0, 1], [254, 255]], dtype=np.uint8),
-    "UINT16": np.array([[0, 1], [65534, 65535]], dtype=np.uint16),
-    "UINT32": np.array([[0, 1], [2**32 - 2, 2**32 - 1]], dtype=np.uint32),
-    "UINT64": np.array([[0, 1], [2**63, 2**64 - 1]], dtype=np.uint64),
-    "INT8": np.array([[-128, -1], [0, 127]], dtype=np.int8),
-    "INT16": np.array([[-32768, -1], [0, 32767]], dtype=np.int16),
-    "INT32": np.array([[-2**31, -1], [0, 2**31 - 1]], dtype=np.int32),
-    "INT64": np.array([[-2**63, -1], [0, 2**63 - 1]], dtype=np.int64),
-    "FP16": np.array([[-65504.0, 0.5], [0.000244140625, 65504.0]], dtype=np.float16),
-    "FP32": np.array([[-3.5, 0.0], [1e-30, 3.0e38]], dtype=np.float32),
-    "FP64": np.array([[-1e300, 0.1], [5e-324, 1e300]], dtype=np.float64),
-    "BYTES": np.array([["a", ""], ["ünï", "longer text"]], dtype=object),
-}
+VALUES = SAMPLES
 
 
 def identities(path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from onnxfn.runtime import cpu
+from tests.support.cgroups import JOIN
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -167,28 +168,6 @@ def test_nothing_in_proc_falls_back_to_the_mount_root(tmp_path):
     assert cpu.cgroup_folders(tmp_path / "missing") == []
     proc = fake_proc(tmp_path, "0::/\n", "")  # no cgroup mount listed: nothing to read
     assert cpu.cgroup_folders(proc) == []
-
-
-CPU_V1 = Path("/sys/fs/cgroup/cpu")
-
-
-@pytest.fixture
-def child_cgroup():
-    """A real child cgroup of the v1 cpu controller (writable as root here), removed afterwards."""
-    if not os.access(CPU_V1 / "cgroup.procs", os.W_OK):
-        pytest.skip("the v1 cpu controller is not writable here (needs root and cgroup v1)")
-    folder = CPU_V1 / f"onnxfn-test-{os.getpid()}"
-    folder.mkdir()
-    yield folder
-    for pid in (folder / "cgroup.procs").read_text().split():
-        try:
-            (CPU_V1 / "cgroup.procs").write_text(pid)  # whatever is left goes back to the root
-        except OSError:
-            pass
-    folder.rmdir()
-
-
-JOIN = "import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid())); del sys.argv[1]; "
 
 
 @pytest.mark.parametrize("quota, cpus, threads", [(150000, 1.5, 2), (100000, 1.0, 1), (50000, 0.5, 1)])

@@ -12,9 +12,9 @@ import pytest
 from onnxfn.bundles.manifest import Requirement, Tuning
 from onnxfn.runtime import cpu
 from onnxfn.runtime import session as sessions
+from tests.support.cgroups import JOIN
 
 ROOT = Path(__file__).resolve().parents[3]
-CPU_V1 = Path("/sys/fs/cgroup/cpu")
 SPIN, SPIN_US = "session.intra_op.allow_spinning", "session.intra_op.spin_duration_us"
 
 
@@ -48,30 +48,13 @@ def test_a_bench_tuning_overrides_the_spinning_default(monkeypatch, allow, quota
     assert entry(sessions.options(2, tuning=tuning), SPIN) == ("1" if allow else "0")
 
 
-@pytest.fixture
-def child_cgroup():
-    """A real child cgroup of the v1 cpu controller (writable as root here), removed afterwards."""
-    if not os.access(CPU_V1 / "cgroup.procs", os.W_OK):
-        pytest.skip("the v1 cpu controller is not writable here (needs root and cgroup v1)")
-    folder = CPU_V1 / f"onnxfn-test-session-{os.getpid()}"
-    folder.mkdir()
-    yield folder
-    for pid in (folder / "cgroup.procs").read_text().split():
-        try:
-            (CPU_V1 / "cgroup.procs").write_text(pid)
-        except OSError:
-            pass
-    folder.rmdir()
-
-
 @pytest.mark.parametrize("quota, spins", [(150000, "0"), (200000, "1")])
 def test_a_process_in_a_real_child_cgroup_spins_only_when_its_quota_covers_two_threads(child_cgroup, quota, spins):
     if cpu.affinity() < 2:
         pytest.skip("needs two CPUs")
     (child_cgroup / "cpu.cfs_period_us").write_text("100000")
     (child_cgroup / "cpu.cfs_quota_us").write_text(str(quota))
-    code = ("import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid())); "
-            "from onnxfn.runtime import cpu, session; o = session.options(cpu.threads()); "
+    code = (JOIN + "from onnxfn.runtime import cpu, session; o = session.options(cpu.threads()); "
             "print(cpu.threads(), o.get_session_config_entry('session.intra_op.allow_spinning'))")
     out = subprocess.run([sys.executable, "-c", code, str(child_cgroup)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "shared")}, timeout=60)
