@@ -144,17 +144,18 @@ def _mark_default_and_reference(target: Target, options: BenchOptions, candidate
     else:
         first = target.portable[0]
     from onnxfn.runtime.session import spinning
-    threads = cpu.threads()
-    default_id = (f"cpu:{first.path}:{'DISABLE' if first.preoptimized else 'ALL'}:t{threads}"
+    threads, level = cpu.threads(), "DISABLE" if first.preoptimized else "ALL"
+    default_id = (f"cpu:{first.path}:{level}:t{threads}"
                   f"{':spin' if spinning(threads, cpu.quota()) else ''}")  # what runtime.session.options builds
     for c in candidates:
         c.default = c.id == default_id
-    if not any(c.default for c in candidates) and not options.artifacts and "cpu" in (options.providers or ["cpu"]):
+    asked = threads in options.threads and (level == "DISABLE" or level in options.levels)
+    if (not any(c.default for c in candidates) and asked and not options.artifacts
+            and "cpu" in (options.providers or ["cpu"])):
         spin = default_id.endswith(":spin")  # spinning not asked for: what the function builds is measured anyway
         path = next(p for a, p in target.artifacts if a.path == first.path)
         candidates.append(Candidate(id=default_id, engine="onnxruntime", threads=threads, provider=CPU,
-                                    artifact=first.path, kind=first.kind,
-                                    level="DISABLE" if first.preoptimized else "ALL", spinning=spin, prepacking=True,
+                                    artifact=first.path, kind=first.kind, level=level, spinning=spin, prepacking=True,
                                     preoptimized=first.preoptimized, path=str(path), default=True))
         notes.append(f"{default_id} added: what the function builds here without tuning")
     portable, portable_path = target.portable
