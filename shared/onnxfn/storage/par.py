@@ -2,12 +2,14 @@
 key in the function. The URL's token is never shown: errors name the host and the file only."""
 from __future__ import annotations
 
+import http.client
 from contextlib import contextmanager
-from typing import Iterator
 from urllib.parse import quote, urljoin, urlsplit
 
 from onnxfn.errors import ConfigError, ObjectMissing, StorageUnavailable
-from onnxfn.storage.store import CHUNK, Download, Stat, Store
+from onnxfn.storage.http import body_chunks, connection, wait
+from onnxfn.storage.s3 import Unreachable
+from onnxfn.storage.store import Download, Stat, Store
 
 _REDIRECTS = 10  # as many as urllib followed
 
@@ -44,17 +46,16 @@ class HttpStore(Store):
 
     @contextmanager
     def open(self, name: str):
-        """A GET's body in chunks, with its ETag; a body cut short of its Content-Length raises
-        `StorageUnavailable` while it is read."""
+        """A GET's body in chunks, with its ETag; a body cut short of its Content-Length, or a read past the
+        deadline, raises `StorageUnavailable` while it is read."""
         with self._errors(name), self._request("GET", name) as (response, sock):
             length = response.headers.get("Content-Length")
-            yield Download(self._chunks(response, sock, int(length) if length else None, name),
+            yield Download(body_chunks(response, int(length) if length else None, sock, self.timeout),
                            response.headers.get("ETag"))
 
     @contextmanager
     def _request(self, method: str, name: str):
         """Yield the answer to one request and its socket, redirects followed; an error status raises `_Status`."""
-        from onnxfn.storage.http import connection, wait
         url, status = self._url(name), 0
         for _ in range(_REDIRECTS + 1):
             parts = urlsplit(url)
@@ -80,26 +81,8 @@ class HttpStore(Store):
                 conn.close()
         raise _Status(status)  # redirected too many times
 
-    def _chunks(self, response, sock, length: int | None, name: str) -> Iterator[bytes]:
-        """The body in chunks, each read bounded by the storage timeout and the call's deadline; a body cut
-        short of its Content-Length is a transient failure."""
-        from onnxfn.storage.http import wait
-        received = 0
-        while True:
-            sock.settimeout(wait(self.timeout))
-            chunk = response.read(CHUNK)
-            if not chunk:
-                break
-            received += len(chunk)
-            yield chunk
-        if length is not None and received != length:
-            raise StorageUnavailable(f"the connection closed after {received:,} of {length:,} bytes of "
-                                     f"{self.describe(name)}; retry later")
-
     @contextmanager
     def _errors(self, name: str):
-        import http.client
-        from onnxfn.storage.s3 import Unreachable
         where = self.describe(name)
         try:
             yield
