@@ -33,7 +33,7 @@ from onnxfn.errors import ConfigError, ObjectMissing, PreconditionFailed, Storag
 from onnxfn.storage.principal import ResourcePrincipal, sign
 from onnxfn.storage.s3 import Unreachable
 from onnxfn.storage.http import KeptAlive, body_chunks, response_headers
-from onnxfn.storage.store import Download, Stat, Store
+from onnxfn.storage.store import Download, Stat, Store, user_metadata, write_headers
 
 #: The largest object `copy` moves (it reads it whole): results are a JSON document or a mask PNG.
 COPY_LIMIT = 64 << 20
@@ -177,7 +177,7 @@ def _prefetch(principal: ResourcePrincipal) -> None:
 
 def metadata(headers: dict[str, str]) -> dict[str, str]:
     """The user metadata among lower-case headers: opc-meta-<key>: value -> {<key>: value}."""
-    return {k[len("opc-meta-"):]: v for k, v in headers.items() if k.startswith("opc-meta-")}
+    return user_metadata(headers, "opc-meta-")
 
 
 # -- the store ---------------------------------------------------------------------------------------
@@ -209,11 +209,7 @@ class OciStore(Store):
     def put(self, name: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None, *,
             if_none_match: bool = False, if_match: str | None = None) -> str | None:
         """Write an object; with if_none_match it must not exist yet, with if_match it must still have that ETag."""
-        headers = {"content-type": content_type, **{f"opc-meta-{k}": v for k, v in (metadata or {}).items()}}
-        if if_none_match:
-            headers["if-none-match"] = "*"
-        if if_match:
-            headers["if-match"] = if_match
+        headers = write_headers(content_type, metadata, "opc-meta-", if_none_match=if_none_match, if_match=if_match)
         with self._errors(name):
             return self.client.put(self.namespace, self.bucket, self.prefix + name, data, headers).get("etag")
 

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, TypeVar
 
 from onnxfn.errors import ConfigError, ObjectMissing, PreconditionFailed, StorageUnavailable
 from onnxfn.storage import deadline
-from onnxfn.storage.store import CHUNK, Download, Stat, Store
+from onnxfn.storage.store import CHUNK, Download, Stat, Store, user_metadata, write_headers
 
 _T = TypeVar("_T")
 
@@ -91,7 +91,7 @@ def _cached(key, make):
 
 def metadata(headers: dict[str, str]) -> dict[str, str]:
     """The user metadata among lower-case headers: x-amz-meta-<key>: value -> {<key>: value}."""
-    return {k[len("x-amz-meta-"):]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
+    return user_metadata(headers, "x-amz-meta-")
 
 
 
@@ -124,11 +124,7 @@ class S3Store(Store):
     def put(self, name: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None, *,
             if_none_match: bool = False, if_match: str | None = None) -> str | None:
         """Write an object; with if_none_match it must not exist yet, with if_match it must still have that ETag."""
-        headers = {"content-type": content_type, **{f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}}
-        if if_none_match:
-            headers["if-none-match"] = "*"
-        if if_match:
-            headers["if-match"] = if_match
+        headers = write_headers(content_type, metadata, "x-amz-meta-", if_none_match=if_none_match, if_match=if_match)
         with self._errors(name):
             return self.client.put(self.bucket, self.prefix + name, data, headers).get("etag")
 

@@ -72,6 +72,23 @@ class Store:
         return self.uri.rstrip("/") + "/" + name
 
 
+def user_metadata(headers: dict[str, str], prefix: str) -> dict[str, str]:
+    """The user metadata among lower-case answer headers: <prefix><key>: value -> {<key>: value}."""
+    return {k[len(prefix):]: v for k, v in headers.items() if k.startswith(prefix)}
+
+
+def write_headers(content_type: str, metadata: dict[str, str] | None, prefix: str, *, if_none_match: bool = False,
+                  if_match: str | None = None) -> dict[str, str]:
+    """A write's headers: its content type, the user metadata under `prefix` (x-amz-meta-, opc-meta-), and its
+    condition: `If-None-Match: *` (the object must not exist yet) or `If-Match: <etag>` (it must still be that)."""
+    headers = {"content-type": content_type, **{f"{prefix}{k}": v for k, v in (metadata or {}).items()}}
+    if if_none_match:
+        headers["if-none-match"] = "*"
+    if if_match:
+        headers["if-match"] = if_match
+    return headers
+
+
 def open_store(uri: str, *, oci_region: str = "", oci_endpoint: str = "", timeout: float = 20.0,
                s3_client: str = "auto", oci_auth: str = "auto") -> Store:
     """The store for a MODEL_URI; `ConfigError` for a URI it cannot use, `BundleError` for a local path
