@@ -6,6 +6,7 @@ allow-list is what keeps the function from reading (and writing results into) an
 credentials reach on anyone's request."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -35,8 +36,10 @@ class Source:
         return f"{self.scheme}://{where}/{self.prefix}"
 
 
+@functools.lru_cache(maxsize=8)
 def parse(text: str, variable: str = VARIABLE) -> tuple[Source, ...]:
-    """The sources a comma-separated list names; a malformed entry is a `ConfigError` naming `variable`."""
+    """The sources a comma-separated list names; a malformed entry is a `ConfigError` naming `variable`. Parsed
+    once per text (settings validation, then every event invocation, ask for the same one)."""
     sources = []
     for entry in (part.strip() for part in text.split(",")):
         if not entry:
