@@ -22,9 +22,11 @@ import re
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote
+
+from tests.support.loopback import LoopbackServer
 
 NOT_AUTHENTICATED = "The required information to complete authentication was not provided or was incorrect."
 OBJECT_PATH = re.compile(r"^/n/([^/]+)/b/([^/]+)/o/([^/?]+)$")
@@ -126,11 +128,9 @@ class Objects:
         return self.items.get((namespace, bucket, name))
 
 
-class OciServer(ThreadingHTTPServer):
+class OciServer(LoopbackServer):
     """The native API on 127.0.0.1 (`url`), verifying signatures with `public_key`; `requests` lists
     "METHOD path status" of each request; faults: `fail_503` answers, `revoked` tokens, `clock_offset`."""
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self, public_key, port: int = 0, objects: Objects | None = None):
         self.public_key = public_key
@@ -141,25 +141,17 @@ class OciServer(ThreadingHTTPServer):
         self.revoked: set[str] = set()
         self.clock_offset = 0.0
         self.connections: set = set()
-        super().__init__(("127.0.0.1", port), _Handler)
-        self._thread: threading.Thread | None = None
+        super().__init__(_Handler, port)
 
     @property
     def url(self) -> str:
         """The endpoint, for ONNXFN_OCI_ENDPOINT."""
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def start(self) -> "OciServer":
-        """Serve in a daemon thread."""
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-        return self
+        return self.base
 
     def stop(self) -> None:
         """Stop serving: the listening socket and every open connection closed, as a server that goes away."""
         import socket
-        self.shutdown()
-        self.server_close()
+        super().stop()
         for conn in list(self.connections):
             try:
                 conn.shutdown(socket.SHUT_RDWR)

@@ -4,13 +4,14 @@ of times, cut the connection mid-body, throttle, refuse (403), or go away entire
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+
+from tests.support.loopback import LoopbackServer
 
 PREFIX = "/p/test-token/n/testns/b/models/o/"
 
@@ -24,28 +25,17 @@ class Faults:
         self.requests: list[str] = []
 
 
-class ParServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    allow_reuse_address = True
+class ParServer(LoopbackServer):
+    """Serves `root` under PREFIX with the switched-on `faults`."""
 
     def __init__(self, root: Path, port: int = 0):
         self.root, self.faults = Path(root), Faults()
-        super().__init__(("127.0.0.1", port), _Handler)
-        self._thread = None
+        super().__init__(_Handler, port)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{PREFIX}"
-
-    def start(self) -> "ParServer":
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        """The bundle's PAR-style URL, for MODEL_URI."""
+        return self.base + PREFIX
 
 
 _etags: dict[tuple, str] = {}
