@@ -14,6 +14,7 @@ from typing import Callable
 
 from onnxfn import logs, routes
 from onnxfn.errors import OnnxfnError
+from onnxfn.codecs.payload import check_size
 from onnxfn.routes import Reply, Request
 from onnxfn.settings import Settings
 
@@ -70,7 +71,7 @@ class App:
                 route = match.name
                 reply = match.answer(self, request)
             else:
-                routes.check_size(request.body, self.service.settings.max_body_bytes)  # before any parsing
+                check_size(request.body, self.service.settings.max_body_bytes)  # before any parsing
                 route, document = _invocation(request)
                 reply = self._invoke(route, request, document)
         except OnnxfnError as e:

@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from onnxfn import __version__
 from onnxfn.codecs import binary
-from onnxfn.errors import BadRequest, MethodNotAllowed, NotFound, OnnxfnError, PayloadTooLarge
+from onnxfn.codecs.payload import check_size
+from onnxfn.errors import BadRequest, MethodNotAllowed, NotFound, OnnxfnError
 
 
 @dataclass
@@ -71,13 +72,6 @@ class Reply:
     def content_type(self) -> str:
         """application/json, or application/octet-stream for an answer carrying binary tensors."""
         return binary.CONTENT_TYPE if self.tensors else "application/json"
-
-
-def check_size(body: bytes, max_bytes: int) -> None:
-    """A body over ONNXFN_MAX_BODY_BYTES is a 413, the same limit and code for every route."""
-    if len(body) > max_bytes:
-        raise PayloadTooLarge(f"the body is {len(body):,} bytes, over the limit of {max_bytes:,} "
-                              "(ONNXFN_MAX_BODY_BYTES)", code="body_too_large")
 
 
 def parse_json(body: bytes):
@@ -146,8 +140,7 @@ def infer(app, request: Request, name: str | None = None, version: str | None = 
     """POST /v2/models/{name}/infer: OIP tensors in and out, as JSON or with the binary extension (a request
     with the Inference-Header-Content-Length header; outputs asked for as binary)."""
     header = request.headers.get(binary.HEADER)
-    if header is None:
-        check_size(request.body, app.service.settings.max_body_bytes)  # before parsing: JSON costs ~10x its size
+    check_size(request.body, app.service.settings.max_body_bytes)  # before parsing: JSON costs ~10x its size
     document = binary.frame(request.body, header) if header is not None else parse_json(request.body)
     answer = app.service.infer(document, name, version, request.deadline)
     return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms, tensors=answer.tensors)

@@ -149,8 +149,6 @@ class Service:
         is the JSON request, or a `binary.Framed` one (binary extension); outputs asked for as binary come back
         in `Answer.tensors`."""
         timer = Timer()
-        if isinstance(document, binary.Framed):
-            binary.check_size(document, self.settings.max_body_bytes)
         model, cold = self.model(timer, name, version, deadline, inference=True)
         m = model.manifest
         with timer.step("decode"):

@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from onnxfn.errors import BadRequest, PayloadTooLarge
+from onnxfn.errors import BadRequest
 
 HEADER = "inference-header-content-length"          # the request header, as `Request.headers` holds it
 RESPONSE_HEADER = "Inference-Header-Content-Length"  # the answer's header
@@ -69,13 +69,6 @@ def frame(body: bytes, header: str) -> Framed:
     except RecursionError:
         raise BadRequest("the body's JSON nests too deeply", code="invalid_json") from None
     return Framed(document, body, length)
-
-
-def check_size(framed: Framed, max_bytes: int) -> None:
-    """The body limit binary requests share with every other body (ONNXFN_MAX_BODY_BYTES): a 413 above it."""
-    if len(framed.body) > max_bytes:
-        raise PayloadTooLarge(f"the body is {len(framed.body):,} bytes, over the limit of {max_bytes:,} "
-                              "(ONNXFN_MAX_BODY_BYTES)", code="body_too_large")
 
 
 def parse_request(framed: Framed, specs):

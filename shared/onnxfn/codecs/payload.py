@@ -61,14 +61,19 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def check_size(body: bytes, max_bytes: int) -> None:
+    """The one body limit (ONNXFN_MAX_BODY_BYTES) of every route: a 413 above it, checked before any parsing."""
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"the body is {len(body):,} bytes, over the limit of {max_bytes:,} "
+                              "(ONNXFN_MAX_BODY_BYTES)", code="body_too_large")
+
+
 def classify(data: bytes, content_type: str | None, max_bytes: int, nested: bool = False) -> Body:
     """Size-check a body and find out what it holds, without decoding pixels."""
     if not data:
         raise BadRequest("the request body is empty: send an image (PNG, JPEG, TIFF, BMP or DICOM) "
                          "or an inference request", code="empty_body")
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"the body is {len(data):,} bytes, over the limit of {max_bytes:,} "
-                              "(ONNXFN_MAX_BODY_BYTES)", code="body_too_large")
+    check_size(data, max_bytes)
     kind, params = media_type(content_type)
     if kind == "multipart/form-data" and not nested:
         part_type, part = _file_part(data, params.get("boundary"))

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from onnxfn.bundles.manifest import InputSpec
-from onnxfn.codecs import binary, tensor
+from onnxfn.codecs import binary, payload, tensor
 from onnxfn.errors import BadRequest, PayloadTooLarge
 from tests.support import tensors
 
@@ -252,9 +252,9 @@ def test_name_datatype_and_shape_are_checked_as_for_json():
 
 def test_the_body_limit_is_a_413():
     framed = binary.frame(b"\x00" * 100, "0")
-    binary.check_size(framed, 100)
+    payload.check_size(framed.body, 100)  # the one body limit, binary bodies included
     with pytest.raises(PayloadTooLarge) as info:
-        binary.check_size(framed, 99)
+        payload.check_size(framed.body, 99)
     assert info.value.status == 413 and info.value.code == "body_too_large" and "ONNXFN_MAX_BODY_BYTES" in info.value.message
 
 
