@@ -61,6 +61,21 @@ class PayloadTooLarge(OnnxfnError):
     status, code = 413, "payload_too_large"
 
 
+class InsufficientMemory(PayloadTooLarge):
+    """The image is within the body and pixel limits, but inferring it would need more memory than the function
+    has (checked from the header, before decoding): the message gives the image's size, the memory it would
+    need and the memory the function has. Downscale the image, raise the function's memory, or package the
+    model with tiling (sliding-window inference)."""
+    code = "insufficient_memory"
+
+
+class ResponseTooLarge(OnnxfnError):
+    """The answer would exceed ONNXFN_MAX_RESPONSE_BYTES (Oracle Functions returns at most 6 MB), refused before
+    it is built: ask for fewer outputs, for binary outputs (binary_data_output), send a smaller input, or use
+    the event route, which writes answers to storage."""
+    status, code = 413, "response_too_large"
+
+
 class UnsupportedMediaType(OnnxfnError):
     """The body is in a format onnxfn cannot decode (unknown type and bytes, DICOM without pixel data or in a
     transfer syntax no installed decoder handles): send a supported format, or install the decoder named."""

@@ -66,6 +66,13 @@ class Settings:
     max_pixels: int = 4096 * 4096
     """ONNXFN_MAX_PIXELS: largest image (width x height x frames), checked from the header before decoding,
     413 above."""
+    max_response_bytes: int = 6 * 1024 * 1024
+    """ONNXFN_MAX_RESPONSE_BYTES: largest answer the function returns; a larger one is refused with 413
+    response_too_large before it is built (Oracle Functions returns at most 6 MB)."""
+    memory_bytes: int = 0
+    """ONNXFN_MEMORY_BYTES: the memory the function may use; 0 reads it from the container's cgroup (v2
+    memory.max, v1 memory.limit_in_bytes) or FN_MEMORY (MB). Images whose inference would not fit are tiled
+    (when the bundle allows it) or refused with 413 insufficient_memory before they are decoded."""
     top_k: int = 5
     """ONNXFN_TOP_K: how many labels a classification answer lists."""
     threads: int = 0
@@ -99,13 +106,13 @@ class Settings:
         return settings
 
     def _validate(self) -> None:
-        for name in ("max_body_bytes", "max_pixels", "top_k"):
+        for name in ("max_body_bytes", "max_pixels", "max_response_bytes", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{variable(name)} must be a positive whole number, got {getattr(self, name)}")
         if self.model_sha256 and not (len(self.model_sha256) == 64 and
                                       all(c in "0123456789abcdef" for c in self.model_sha256)):
             raise ConfigError("MODEL_SHA256 must be the 64 lowercase hex digits of manifest.json's sha256")
-        for name in ("cache_bytes", "revalidate_seconds", "deadline_margin_ms"):
+        for name in ("cache_bytes", "revalidate_seconds", "deadline_margin_ms", "memory_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{variable(name)} must be 0 or more, got {getattr(self, name)}")
         if self.output_uri:

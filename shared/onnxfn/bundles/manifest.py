@@ -30,6 +30,7 @@ ARTIFACT_KINDS = ("portable", "optimized", "int8")
 ARCHES = ("x86_64", "aarch64")
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx", "asimddp", "i8mm", "bf16", "sve")
 OPT_LEVELS = ("DISABLE", "BASIC", "EXTENDED", "ALL")
+BLENDS = ("gaussian", "constant")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -41,6 +42,31 @@ class Window:
     """A VOI window in physical units (after rescale): center - width/2 maps to 0, center + width/2 to 1."""
     center: float
     width: float
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Sliding-window inference for a fully convolutional model (the MONAI `sliding_window_inference` way):
+    an image whose whole-image inference would not fit the function's memory is run tile by tile, `tile`
+    (height, width) pixels at a time, neighbours overlapping by `overlap` of a tile, and the tiles' outputs
+    blended (`gaussian`: weighted towards each tile's centre; `constant`: averaged)."""
+    tile: tuple[int, int]
+    overlap: float = 0.25
+    blend: str = "gaussian"
+
+
+@dataclass(frozen=True)
+class MemoryCost:
+    """What one inference costs in memory, measured by `onnxfn package` (or at the first load): the peak growth
+    of the process while the model runs is `fixed + per_element` x the input tensor's elements. `measured`
+    keeps the runs it was fitted from (input shape and peak bytes each)."""
+    fixed: int
+    per_element: float
+    measured: tuple[dict, ...] = ()
+
+    def bytes(self, elements: int) -> int:
+        """The peak memory, in bytes, of one inference on an input of `elements` elements."""
+        return int(self.fixed + self.per_element * elements)
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,7 @@ class ImageSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     channel_order: str = "RGB"
+    tiling: Tiling | None = None
 
     @property
     def channels(self) -> int:
@@ -169,6 +196,7 @@ class Manifest:
     tuning: tuple[Tuning, ...] = ()
     detection: DetectionSpec | None = None
     example: Example | None = None
+    memory: MemoryCost | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -275,11 +303,13 @@ def parse(data: Any) -> Manifest:
     tuning = tuple(_tuning(t) for t in r.items("tuning")) if data.get("tuning") else ()
     detection = _detection(_Reader(data["detection"], "detection")) if data.get("detection") is not None else None
     example = _example(_Reader(data["example"], "example")) if data.get("example") is not None else None
+    memory = _memory(_Reader(data["memory"], "memory")) if data.get("memory") is not None else None
     known = {"format", "name", "version", "task", "inputs", "outputs", "artifacts", "description", "tuning",
-             "detection", "example"}
+             "detection", "example", "memory"}
     manifest = Manifest(name=name, version=version, task=task, inputs=inputs, outputs=outputs,
                         artifacts=artifacts, description=r.get("description", str, ""), tuning=tuning,
-                        detection=detection, example=example, extra={k: v for k, v in data.items() if k not in known})
+                        detection=detection, example=example, memory=memory,
+                        extra={k: v for k, v in data.items() if k not in known})
     _check(manifest, r)
     return manifest
 
@@ -329,6 +359,7 @@ def _image(r: _Reader) -> ImageSpec:
         mean=r.numbers("mean", None, length=channels),
         std=r.numbers("std", None, length=channels),
         channel_order=r.get("channel_order", str, "RGB", choices=("RGB", "BGR")),
+        tiling=_tiling(_Reader(r.data["tiling"], r.path("tiling"))) if r.data.get("tiling") is not None else None,
     )
     if spec.pad_multiple < 1:
         raise r.fail("pad_multiple", f"must be 1 or more, got {spec.pad_multiple}")
@@ -338,7 +369,36 @@ def _image(r: _Reader) -> ImageSpec:
         raise r.fail("window", "is required when scaling is 'window' (or set window_source to 'file')")
     if spec.rescale[0] == 0:
         raise r.fail("rescale", "slope must not be 0")
+    if spec.tiling is not None:
+        if spec.size is not None:
+            raise r.fail("tiling", "needs a fully convolutional model that keeps the image's size: remove `size` "
+                                   "(the image is then only padded to `pad_multiple`)")
+        for i, t in enumerate(spec.tiling.tile):
+            if t % spec.pad_multiple:
+                raise r.fail(f"tiling.tile[{i}]", f"is {t}, not a multiple of pad_multiple {spec.pad_multiple}")
     return spec
+
+
+def _tiling(r: _Reader) -> Tiling:
+    tile = r.get("tile", list)
+    if len(tile) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in tile):
+        raise r.fail("tile", f"must be [height, width] in pixels, each 8 or more; got {tile!r}")
+    spec = Tiling(tile=(tile[0], tile[1]), overlap=r.get("overlap", float, 0.25),
+                  blend=r.get("blend", str, "gaussian", choices=BLENDS))
+    if not 0.0 <= spec.overlap < 1.0:
+        raise r.fail("overlap", f"must lie in [0, 1), a fraction of the tile; got {spec.overlap}")
+    return spec
+
+
+def _memory(r: _Reader) -> MemoryCost:
+    fixed = r.get("fixed", int)
+    per_element = r.get("per_element", float)
+    if fixed < 0 or per_element < 0:
+        raise r.fail("fixed" if fixed < 0 else "per_element", "must be 0 or more")
+    measured = r.get("measured", list, [])
+    if not all(isinstance(m, dict) for m in measured):
+        raise r.fail("measured", "must be a list of objects (input shape and peak bytes of each run)")
+    return MemoryCost(fixed=fixed, per_element=per_element, measured=tuple(measured))
 
 
 def _check_image_input(spec: InputSpec, r: _Reader) -> None:
@@ -496,6 +556,8 @@ def _check(m: Manifest, r: _Reader) -> None:
             if spec.image is not None:
                 raise r.fail(f"inputs[{i}].image", "applies to a tensor model's first input only: the one an "
                                                    "image sent to /predict or by an event becomes")
+        if m.inputs[0].image is not None and m.inputs[0].image.tiling is not None:
+            raise r.fail("inputs[0].image.tiling", "applies to segmentation only; this is a tensor model")
         return
     images = [i for i in m.inputs if i.image is not None]
     if len(m.inputs) != 1 or len(images) != 1:
@@ -511,6 +573,8 @@ def _check(m: Manifest, r: _Reader) -> None:
                                                 "or threshold (one probability channel)")
         if images[0].layout == "NF":
             raise r.fail("inputs[0].layout", "NF cannot carry a segmentation image")
+    elif images[0].image.tiling is not None:
+        raise r.fail("inputs[0].image.tiling", f"applies to segmentation only; this is a {m.task} model")
 
 
 def _check_detection(m: Manifest, r: _Reader) -> None:

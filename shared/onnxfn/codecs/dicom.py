@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from onnxfn.errors import BadRequest, UnsupportedMediaType
-from onnxfn.codecs.image import Image, check_pixels
+from onnxfn.codecs.image import Admit, Header, Image, check_pixels
 from onnxfn.bundles.manifest import Window
 
 DECODER_ADVICE = ("install a decoder for it next to pydicom: pylibjpeg with pylibjpeg-libjpeg "
@@ -17,9 +17,9 @@ DECODER_ADVICE = ("install a decoder for it next to pydicom: pylibjpeg with pyli
                   "or send the image uncompressed")
 
 
-def decode(data: bytes, max_pixels: int) -> Image:
+def decode(data: bytes, max_pixels: int, admit: Admit | None = None) -> Image:
     """Decode a single-frame DICOM file into an `Image` (stored values, rescale, VOI window, MONOCHROME1),
-    refusing oversized images before decoding pixels."""
+    refusing oversized images before decoding pixels; `admit` sees the header first and may refuse it too."""
     import pydicom
 
     corrupt = _corrupt()
@@ -45,6 +45,7 @@ def decode(data: bytes, max_pixels: int) -> Image:
         frames = int(ds.get("NumberOfFrames") or 1)
         samples = int(ds.get("SamplesPerPixel") or 1)
         bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+        allocated = int(ds.get("BitsAllocated") or bits)
         syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
         syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown")
     except corrupt as e:
@@ -52,6 +53,8 @@ def decode(data: bytes, max_pixels: int) -> Image:
     check_pixels(cols, rows, frames, max_pixels, "the DICOM image")
     if frames > 1:
         raise BadRequest(f"the DICOM file holds {frames} frames; send a single-frame image", code="multi_frame")
+    if admit is not None:
+        admit(Header(cols, rows, samples, max(1, -(-allocated // 8)), "dicom", frames))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -46,6 +47,26 @@ class Image:
         return 1 if self.pixels.ndim == 2 else self.pixels.shape[2]
 
 
+@dataclass(frozen=True)
+class Header:
+    """What an image's header declares, read before its pixels are decoded: what admission decides on."""
+    width: int
+    height: int
+    channels: int          # samples per pixel as stored (alpha included; a palette index is 1)
+    sample_bytes: int      # bytes per stored sample (1 for 8-bit, 2 for 16-bit, 4 for 32-bit)
+    format: str
+    frames: int = 1
+
+    @property
+    def pixels(self) -> int:
+        """Width x height x frames."""
+        return self.width * self.height * max(self.frames, 1)
+
+
+#: called with an image's header once its size is checked, before its pixels are decoded; raises to refuse it
+Admit = Callable[[Header], None]
+
+
 def check_pixels(width: int, height: int, frames: int, max_pixels: int, what: str) -> None:
     """Refuse an image from its header, before its pixels are decoded: `BadRequest` when empty,
     `PayloadTooLarge` when width x height x frames exceeds `max_pixels`; `what` names it in the message."""
@@ -58,8 +79,9 @@ def check_pixels(width: int, height: int, frames: int, max_pixels: int, what: st
                               "downscale the image or raise the limit", code="too_many_pixels")
 
 
-def decode(data: bytes, fmt: str, max_pixels: int) -> Image:
-    """Decode a PNG, JPEG, TIFF or BMP file, refusing oversized images before decoding pixels."""
+def decode(data: bytes, fmt: str, max_pixels: int, admit: Admit | None = None) -> Image:
+    """Decode a PNG, JPEG, TIFF or BMP file, refusing oversized images before decoding pixels; `admit` sees
+    the header first and may refuse it too."""
     from PIL import Image as PILImage, UnidentifiedImageError
 
     name = fmt.upper()
@@ -82,11 +104,16 @@ def decode(data: bytes, fmt: str, max_pixels: int) -> Image:
         if frames > 1:
             raise BadRequest(f"the {name} image holds {frames} frames; send one frame at a time",
                              code="multi_frame")
+        if admit is not None:
+            admit(Header(im.width, im.height, len(im.getbands()), _SAMPLE_BYTES.get(im.mode, 1), fmt))
         try:
             im.load()
         except CORRUPT as e:
             raise BadRequest(f"the {name} image is truncated or corrupt: {e}", code="invalid_image") from None
         return _from_pil(im, fmt)
+
+
+_SAMPLE_BYTES = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
 
 
 def _from_pil(im, fmt: str) -> Image:

@@ -154,10 +154,11 @@ def _file_part(data: bytes, boundary: str | None) -> tuple[str | None, bytes]:
     return files[0]
 
 
-def decode_image(body: Body, max_pixels: int):
-    """Decode an image body into an `Image`."""
+def decode_image(body: Body, max_pixels: int, admit=None):
+    """Decode an image body into an `Image`; `admit` (`image.Admit`) sees its header before the pixels are
+    decoded and may refuse it."""
     if body.kind == "dicom":
         from onnxfn.codecs import dicom
-        return dicom.decode(body.data, max_pixels)
+        return dicom.decode(body.data, max_pixels, admit)
     from onnxfn.codecs import image
-    return image.decode(body.data, body.kind, max_pixels)
+    return image.decode(body.data, body.kind, max_pixels, admit)
