@@ -29,17 +29,27 @@ class Geometry:
 
 def prepare(image: Image, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
     """The input tensor (batch of one) for `image`, and the geometry it went through."""
-    cfg = spec.image
+    values, geometry = normalise(image, spec.image)
+    return layout(values, spec), geometry
+
+
+def normalise(image: Image, cfg: ImageSpec) -> tuple[np.ndarray, Geometry]:
+    """Every step but the layout: the image as HxWxC float32 at the model input's height and width (colour,
+    intensity, geometry, mean/std, channel order), and the geometry it went through. `layout` of it, or of
+    any window of it, is the model's tensor for that window. Holds one such array (plus the caller's
+    pixels); a colour image made grey also holds its float32 colour copy while converting."""
     pixels = _color(image, cfg)
-    values = _intensity(image, pixels, cfg)
-    values, geometry = _geometry(values, cfg)
+    if cfg.size is None:
+        values, geometry = _padded(image, pixels, cfg)
+    else:
+        values, geometry = _geometry(_intensity(image, pixels, cfg), cfg)
     if cfg.mean is not None:
         values -= np.asarray(cfg.mean, dtype=np.float32)
     if cfg.std is not None:
         values /= np.asarray(cfg.std, dtype=np.float32)
     if cfg.color == "RGB" and cfg.channel_order == "BGR":
         values = values[..., ::-1]
-    return _layout(values, spec), geometry
+    return values, geometry
 
 
 def _color(image: Image, cfg: ImageSpec) -> np.ndarray:
@@ -68,8 +78,13 @@ def _depth(image: Image) -> str:
     return "floating-point" if image.bits is None else f"{image.bits}-bit"
 
 
-def _intensity(image: Image, pixels: np.ndarray, cfg: ImageSpec) -> np.ndarray:
-    values = pixels.astype(np.float32)  # always a fresh array: later steps work in place
+def _intensity(image: Image, pixels: np.ndarray, cfg: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Physical intensities as float32, computed in `out` (an HxWxC float32 view) when given."""
+    if out is None:
+        values = pixels.astype(np.float32)  # always a fresh array: later steps work in place
+    else:
+        out[...] = pixels
+        values = out
     if cfg.scaling == "unit":
         if image.bits is None:
             raise BadRequest("the model expects integer pixels scaled to [0, 1], but the image holds "
@@ -96,18 +111,29 @@ def _intensity(image: Image, pixels: np.ndarray, cfg: ImageSpec) -> np.ndarray:
                 values *= np.float32(1.0 / (high - low))
     if image.invert:
         if cfg.scaling == "raw":
-            values = np.float32(values.min() + values.max()) - values
+            np.subtract(np.float32(values.min() + values.max()), values, out=values)
         else:
-            values = 1.0 - values
+            np.subtract(np.float32(1.0), values, out=values)
     return values
 
 
+def _padded(image: Image, pixels: np.ndarray, cfg: ImageSpec) -> tuple[np.ndarray, Geometry]:
+    """Intensities computed straight into the canvas padded to `pad_multiple`: one image-sized float32 array,
+    not the image and then its padded copy."""
+    h, w = pixels.shape[:2]
+    m = cfg.pad_multiple
+    target = (-(-h // m) * m, -(-w // m) * m)
+    if target == (h, w):
+        canvas = np.empty((h, w, pixels.shape[2]), dtype=np.float32)
+    else:
+        canvas = np.full((target[0], target[1], pixels.shape[2]), cfg.pad_value, dtype=np.float32)
+    _intensity(image, pixels, cfg, out=canvas[:h, :w])
+    return canvas, Geometry((h, w), (h, w), (0, 0), target)
+
+
 def _geometry(values: np.ndarray, cfg: ImageSpec) -> tuple[np.ndarray, Geometry]:
+    """Resize (and pad or crop) to the manifest's fixed `size`."""
     h, w = values.shape[:2]
-    if cfg.size is None:
-        m = cfg.pad_multiple
-        target = (-(-h // m) * m, -(-w // m) * m)
-        return _place(values, (h, w), (0, 0), target, cfg.pad_value), Geometry((h, w), (h, w), (0, 0), target)
     th, tw = cfg.size
     if cfg.fit == "stretch":
         size = (th, tw)
@@ -167,18 +193,19 @@ def unmap(x: np.ndarray, y: np.ndarray, geometry: Geometry) -> tuple[np.ndarray,
     return x, y
 
 
-def _layout(values: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """HxWxC float32 -> the input's layout with a batch axis, in its dtype."""
-    layout = spec.layout
-    if layout == "NF":
+def layout(values: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """HxWxC float32 (`normalise`'s array, or a window of it) -> the input's layout with a batch axis, in its
+    dtype, contiguous (a view of `values` where that needs no copy)."""
+    axes = spec.layout
+    if axes == "NF":
         tensor = values.reshape(1, -1)
     else:
         order = {"H": 0, "W": 1, "C": 2}
-        if "C" not in layout:
+        if "C" not in axes:
             values = values[..., 0]
             order = {"H": 0, "W": 1}
-        tensor = values.transpose([order[a] for a in layout if a != "N"])
-        if "N" in layout:
+        tensor = values.transpose([order[a] for a in axes if a != "N"])
+        if "N" in axes:
             tensor = tensor[None]
     dtype = np.dtype(spec.dtype)
     if dtype == np.uint8:
