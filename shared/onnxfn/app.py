@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from onnxfn import logs, routes
-from onnxfn.errors import OnnxfnError
+from onnxfn.errors import OnnxfnError, ResponseTooLarge
 from onnxfn.codecs.payload import check_size
 from onnxfn.routes import Reply, Request
 from onnxfn.settings import Settings
@@ -79,9 +79,26 @@ class App:
         except Exception as e:  # the safety net: nothing escapes to the fdk
             self.logger.exception("unexpected error")
             reply = Reply.error(OnnxfnError(f"unexpected {type(e).__name__}: {e}"))
+        if reply.status < 400:
+            reply = self._bounded(reply)
         reply.route = route
         self._log(request, reply, started)
         return reply
+
+    def _bounded(self, reply: Reply) -> Reply:
+        """The answer, or a 413 when its bytes exceed ONNXFN_MAX_RESPONSE_BYTES (the platform would drop it):
+        the last check, on the exact bytes; outputs are estimated before they are built (`service.check_answer`)."""
+        try:
+            limit = self.service.settings.max_response_bytes
+        except OnnxfnError:  # a configuration error: liveness still answers, with the default limit
+            limit = Settings.max_response_bytes
+        size = len(reply.encoded())
+        if size <= limit:
+            return reply
+        error = ResponseTooLarge(f"the answer is {size:,} bytes, over the limit of {limit:,} "
+                                 "(ONNXFN_MAX_RESPONSE_BYTES): send a smaller input, or use the event route, which "
+                                 "writes answers to storage", code="response_too_large")
+        return Reply(error.status, error.body(), error.headers(), cold=reply.cold, timings_ms=reply.timings_ms)
 
     def refuse(self, request: Request, error: OnnxfnError) -> Reply:
         """Answer a call the adapter already knows is wrong."""

@@ -53,6 +53,7 @@ class Reply:
     cold: bool | None = None
     timings_ms: dict | None = None
     tensors: list[bytes] = field(default_factory=list)
+    _bytes: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def error(cls, error: OnnxfnError, route: str = "") -> "Reply":
@@ -61,12 +62,13 @@ class Reply:
 
     def encoded(self) -> bytes:
         """The body as compact JSON bytes; with binary tensors, the JSON then their bytes, and the JSON's length
-        goes into the `Inference-Header-Content-Length` header."""
-        head = json.dumps(self.body, separators=(",", ":")).encode()
-        if not self.tensors:
-            return head
-        self.headers[binary.RESPONSE_HEADER] = str(len(head))
-        return b"".join([head, *self.tensors])
+        goes into the `Inference-Header-Content-Length` header. Encoded once."""
+        if self._bytes is None:
+            head = json.dumps(self.body, separators=(",", ":")).encode()
+            if self.tensors:
+                self.headers[binary.RESPONSE_HEADER] = str(len(head))
+            self._bytes = b"".join([head, *self.tensors]) if self.tensors else head
+        return self._bytes
 
     @property
     def content_type(self) -> str:

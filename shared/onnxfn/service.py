@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from onnxfn.codecs import binary, payload, tensor
 from onnxfn.tasks import detect, postprocess, preprocess
-from onnxfn.errors import BadRequest, InferenceError, NotFound
+from onnxfn.errors import BadRequest, InferenceError, NotFound, ResponseTooLarge
 from onnxfn.runtime.loader import Runner
 from onnxfn.runtime.model import Model
 from onnxfn.bundles.manifest import InputSpec
@@ -129,6 +129,7 @@ class Service:
         tensors: list[bytes] = []
         with timer.step("postprocess"):
             if m.task == "tensor":
+                check_answer(outputs, lambda _: binary_output, self.settings.max_response_bytes)
                 result, tensors = oip_outputs(outputs, binary_output)
             elif m.task == "detection":
                 result = detect.detect(outputs, m, geometry)
@@ -164,6 +165,7 @@ class Service:
         with timer.step("inference"):
             outputs, model = self.run(model, request.inputs, request.outputs, deadline)
         with timer.step("postprocess"):
+            check_answer(outputs, request.wants_binary, self.settings.max_response_bytes)
             encoded, tensors = [], []
             for n, v in outputs.items():
                 if request.wants_binary(n):
@@ -205,6 +207,34 @@ def image_input(m) -> InputSpec:
         raise BadRequest(f"model {m.name!r} takes inputs {', '.join(repr(i.name) for i in m.inputs[1:])} besides "
                          f"the image: send OIP tensors to /v2/models/{m.name}/infer", code="tensor_model")
     return spec
+
+
+#: how many elements of an output are JSON-encoded to estimate the size of all of them
+SAMPLE = 1024
+
+
+def check_answer(outputs: dict, binary_output, limit: int) -> None:
+    """Refuse an answer larger than `limit` (ONNXFN_MAX_RESPONSE_BYTES) before it is built: binary outputs take
+    their bytes, JSON ones the encoded size of a sample of their values times their count. `binary_output(name)`
+    tells whether an output is asked for as binary."""
+    import json
+
+    import numpy as np
+
+    total = 0
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        if binary_output(name):
+            total += value.nbytes if value.dtype.kind not in "OUS" else sum(len(str(v)) + 4 for v in value.flat)
+        elif value.size:
+            sample = tensor.encode(name, value.reshape(-1)[:SAMPLE])["data"]
+            total += len(json.dumps(sample, separators=(",", ":"))) * value.size // len(sample)
+    if total > limit:
+        names = ", ".join(f"{n!r} {list(np.shape(v))}" for n, v in outputs.items())
+        raise ResponseTooLarge(f"the answer would be about {total:,} bytes (outputs {names}), over the limit of "
+                               f"{limit:,} (ONNXFN_MAX_RESPONSE_BYTES): ask for fewer outputs, for binary outputs "
+                               "(binary_data_output), send a smaller input, or use the event route, which writes "
+                               "answers to storage", code="response_too_large")
 
 
 def oip_outputs(outputs: dict, binary_output: bool = False) -> tuple[dict, list[bytes]]:

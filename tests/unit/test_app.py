@@ -251,3 +251,13 @@ def test_json_bodies_over_the_limit_are_413_before_parsing():
     for reply in (direct, routed):
         assert reply.status == 413 and reply.body["code"] == "body_too_large" and "ONNXFN_MAX_BODY_BYTES" in \
             reply.body["error"]
+
+
+def test_an_answer_whose_bytes_exceed_the_response_limit_becomes_a_413():
+    app = App(lambda: settings(max_response_bytes=300))  # a digits answer is ~700 bytes of JSON
+    reply = app.handle(Request("POST", "/predict", {"content-type": "image/png"}, DIGIT, gateway=True))
+    assert (reply.status, reply.body["code"]) == (413, "response_too_large")
+    assert "ONNXFN_MAX_RESPONSE_BYTES" in reply.body["error"] and reply.cold is True
+    roomy = App(lambda: settings()).handle(Request("POST", "/predict", {"content-type": "image/png"}, DIGIT,
+                                                   gateway=True))
+    assert roomy.status == 200 and 300 < len(roomy.encoded()) < Settings.max_response_bytes

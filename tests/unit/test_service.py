@@ -121,3 +121,36 @@ def test_a_tensor_bundle_without_an_image_input_still_refuses_images(bundles):
     with pytest.raises(BadRequest) as e:
         service_for(bundles["adder"]).predict(DIGIT, "image/png")
     assert e.value.code == "tensor_model" and "--image-input" in e.value.message
+
+
+def test_an_answer_over_the_response_limit_is_refused_before_it_is_built(bundles):
+    from onnxfn.errors import ResponseTooLarge
+    service = Service(Settings(model_uri=str(bundles["adder"]), baked_bundle="", threads=1, max_response_bytes=4000))
+
+    def request(n: int) -> dict:
+        return {"inputs": [{"name": "a", "datatype": "FP32", "shape": [n, 3], "data": [0.1] * (3 * n)},
+                           {"name": "b", "datatype": "FP32", "shape": [n, 3], "data": [0.2] * (3 * n)},
+                           {"name": "count", "datatype": "INT32", "shape": [2], "data": [4, 5]}]}
+    answer = service.infer(request(50))  # 150 sums of ~19 characters: under 4,000 bytes
+    assert answer.body["outputs"][0]["shape"] == [50, 3]
+    with pytest.raises(ResponseTooLarge, match=r"about [\d,]+ bytes .*ONNXFN_MAX_RESPONSE_BYTES.*binary") as refused:
+        service.infer(request(100))
+    assert (refused.value.status, refused.value.code) == (413, "response_too_large")
+    small = request(100)
+    small["outputs"] = [{"name": "sum", "parameters": {"binary_data": True}}]
+    assert service.infer(small).tensors[0].__len__() == 100 * 3 * 4  # as binary data it fits
+
+
+def test_check_answer_estimates_json_and_binary_sizes():
+    import json
+    from onnxfn.codecs import tensor
+    from onnxfn.errors import ResponseTooLarge
+    from onnxfn.service import check_answer
+    values = {"x": np.random.default_rng(0).standard_normal((50, 40)).astype(np.float32)}
+    exact = len(json.dumps(tensor.encode("x", values["x"])["data"], separators=(",", ":")))
+    check_answer(values, lambda _: False, int(exact * 1.1))
+    with pytest.raises(ResponseTooLarge):
+        check_answer(values, lambda _: False, int(exact * 0.9))
+    check_answer(values, lambda _: True, 50 * 40 * 4)  # binary: exactly its bytes
+    with pytest.raises(ResponseTooLarge):
+        check_answer(values, lambda _: True, 50 * 40 * 4 - 1)
