@@ -31,6 +31,7 @@ ARCHES = ("x86_64", "aarch64")
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx", "asimddp", "i8mm", "bf16", "sve")
 OPT_LEVELS = ("DISABLE", "BASIC", "EXTENDED", "ALL")
 BLENDS = ("gaussian", "constant")
+SEGMENTATION_TYPES = ("binary", "fractional")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -109,13 +110,33 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class Concept:
+    """A coded concept as DICOM codes it: the coding scheme (`SCT` for SNOMED CT, `DCM`, or a private `99...`
+    one), the code value in it and its meaning (the human-readable text)."""
+    scheme: str
+    value: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class LabelCode(Concept):
+    """What one label is, coded, for DICOM results: the segmented property type of its SEG segment, or the
+    finding an SR reports; `category` is the segmented property category (a default when None)."""
+    category: Concept | None = None
+
+
+@dataclass(frozen=True)
 class OutputSpec:
-    """One model output and how it becomes an answer: activation, segmentation decision and threshold, labels."""
+    """One model output and how it becomes an answer: activation, segmentation decision and threshold, labels;
+    for DICOM results, one code per label (`codes`, None entries take a default) and the SEG type
+    (`segmentation_type`: binary, or fractional; None means binary)."""
     name: str
     activation: str = "none"
     decision: str | None = None
     threshold: float = 0.5
     labels: tuple[str, ...] | None = None
+    codes: tuple[LabelCode | None, ...] | None = None
+    segmentation_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -445,10 +466,44 @@ def _output(r: _Reader) -> OutputSpec:
     spec = OutputSpec(name=r.get("name", str),
                       activation=r.get("activation", str, "none", choices=ACTIVATIONS),
                       decision=r.get("decision", str, None, choices=DECISIONS),
-                      threshold=r.get("threshold", float, 0.5), labels=labels)
+                      threshold=r.get("threshold", float, 0.5), labels=labels, codes=_codes(r, labels),
+                      segmentation_type=r.get("segmentation_type", str, None, choices=SEGMENTATION_TYPES))
     if not 0.0 < spec.threshold < 1.0 and spec.activation != "none":
         raise r.fail("threshold", f"must lie between 0 and 1 after {spec.activation}, got {spec.threshold}")
     return spec
+
+
+def _codes(r: _Reader, labels: tuple[str, ...] | None) -> tuple[LabelCode | None, ...] | None:
+    """One entry per label (null: the default code), each a coded concept with an optional category."""
+    codes = r.get("codes", list, None)
+    if codes is None:
+        return None
+    if labels is None or len(codes) != len(labels):
+        raise r.fail("codes", f"must hold one entry per label ({len(labels or ())} labels), got {len(codes)}")
+    out: list[LabelCode | None] = []
+    for i, entry in enumerate(codes):
+        if entry is None:
+            out.append(None)
+            continue
+        c = _Reader(entry, r.path(f"codes[{i}]"))
+        category = _concept(_Reader(entry["category"], c.path("category"))) if entry.get("category") else None
+        out.append(LabelCode(*_concept_fields(c), category=category))
+    return tuple(out)
+
+
+def _concept(r: _Reader) -> Concept:
+    return Concept(*_concept_fields(r))
+
+
+def _concept_fields(r: _Reader) -> tuple[str, str, str]:
+    """scheme, value and meaning, each within what DICOM's code sequence attributes hold."""
+    fields = []
+    for key, limit in (("scheme", 16), ("value", 64), ("meaning", 64)):
+        text = r.get(key, str)
+        if not text.strip() or len(text) > limit or "\\" in text or not text.isprintable():
+            raise r.fail(key, f"must be 1-{limit} printable characters without a backslash; got {text!r}")
+        fields.append(text)
+    return fields[0], fields[1], fields[2]
 
 
 def _detection(r: _Reader) -> DetectionSpec:
@@ -547,6 +602,9 @@ def _check(m: Manifest, r: _Reader) -> None:
     for i, t in enumerate(m.tuning):
         if t.artifact is not None and t.artifact not in paths:
             raise r.fail(f"tuning[{i}].artifact", f"names {t.artifact!r}, which is not among the artifacts")
+    for i, o in enumerate(m.outputs):
+        if o.segmentation_type is not None and (m.task != "segmentation" or i):
+            raise r.fail(f"outputs[{i}].segmentation_type", "applies to a segmentation model's first output only")
     if m.detection is not None and m.task != "detection":
         raise r.fail("detection", f"applies to the detection task only; this is a {m.task} model")
     if m.example is not None and m.example.path in paths:

@@ -62,6 +62,9 @@ YOLO = {
     "artifacts": [{"path": "model.onnx", "sha256": "2" * 64, "size": 1}],
 }
 
+EFFUSION = {"scheme": "SCT", "value": "60046008", "meaning": "Pleural effusion",
+            "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically abnormal structure"}}
+
 
 def edited(base: dict, path: str, value) -> dict:
     """A copy of base with the field at a dotted path (list indices as numbers) set or deleted."""
@@ -76,6 +79,9 @@ def edited(base: dict, path: str, value) -> dict:
     else:
         node[key] = value
     return document
+
+
+CODED = edited(CLASSIFIER, "outputs.0.codes", [None, EFFUSION, None])  # a classifier with label codes
 
 
 def invalid(document) -> BundleError:
@@ -155,6 +161,26 @@ def test_to_dict_keeps_extra_fields_at_the_top():
     data = manifest.parse(copy.deepcopy(CLASSIFIER)).to_dict()
     assert data["provenance"] == {"trained": "2024-01-01"} and "extra" not in data
     assert data["inputs"][0]["image"]["size"] == [224, 224] and "window" not in data["inputs"][0]["image"]
+
+
+def test_label_codes_and_segmentation_type_parse_and_round_trip():
+    document = edited(CLASSIFIER, "outputs.0.codes", [None, EFFUSION, {"scheme": "99X", "value": "3",
+                                                                     "meaning": "label three"}])
+    out = manifest.parse(document).primary_output
+    assert out.codes[0] is None
+    assert out.codes[1] == manifest.LabelCode("SCT", "60046008", "Pleural effusion",
+                                              manifest.Concept("SCT", "49755003", "Morphologically abnormal structure"))
+    assert out.codes[2].category is None and out.codes[2].meaning == "label three"
+    data = json.loads(json.dumps(manifest.parse(document).to_dict()))
+    assert data["outputs"][0]["codes"] == document["outputs"][0]["codes"]
+    assert manifest.parse(data) == manifest.parse(document)
+
+    fractional = manifest.parse(edited(SEGMENTER, "outputs.0.segmentation_type", "fractional"))
+    assert fractional.primary_output.segmentation_type == "fractional"
+    assert fractional.to_dict()["outputs"][0]["segmentation_type"] == "fractional"
+    plain = manifest.parse(copy.deepcopy(SEGMENTER))
+    assert plain.primary_output.segmentation_type is None and plain.primary_output.codes is None
+    assert "segmentation_type" not in plain.to_dict()["outputs"][0] and "codes" not in plain.to_dict()["outputs"][0]
 
 
 # ------------------------------------------------------------------ invalid fields, by path
@@ -289,6 +315,23 @@ CASES = [
     (YOLO, "detection.layout", "rows", "detection.layout", "one of auto, features_first, anchors_first"),
     (YOLO, "outputs.0.activation", "softmax", "outputs[0].activation", "none or sigmoid"),
     (CLASSIFIER, "detection", {"format": "yolo"}, "detection", "applies to the detection task only"),
+    (CLASSIFIER, "outputs.0.codes", [None], "outputs[0].codes", "one entry per label (3 labels), got 1"),
+    (CODED, "outputs.0.labels", DELETE, "outputs[0].codes", "one entry per label (0 labels)"),
+    (CLASSIFIER, "outputs.0.codes", "SCT", "outputs[0].codes", "must be list"),
+    (CODED, "outputs.0.codes", [None, 5, None], "outputs[0].codes[1]", "must be an object"),
+    (CODED, "outputs.0.codes.1", {"scheme": "SCT", "value": "1"}, "outputs[0].codes[1].meaning", "is missing"),
+    (CODED, "outputs.0.codes.1.scheme", "", "outputs[0].codes[1].scheme", "1-16 printable characters"),
+    (CODED, "outputs.0.codes.1.scheme", "S" * 17, "outputs[0].codes[1].scheme", "1-16 printable"),
+    (CODED, "outputs.0.codes.1.value", 60046000, "outputs[0].codes[1].value", "must be str, got int"),
+    (CODED, "outputs.0.codes.1.meaning", "a\\b", "outputs[0].codes[1].meaning", "without a backslash"),
+    (CODED, "outputs.0.codes.1.meaning", "m" * 65, "outputs[0].codes[1].meaning", "1-64 printable"),
+    (CODED, "outputs.0.codes.1.category", {"scheme": "SCT", "value": "1"},
+     "outputs[0].codes[1].category.meaning", "is missing"),
+    (CODED, "outputs.0.codes.1.category", "tissue", "outputs[0].codes[1].category", "must be an object"),
+    (SEGMENTER, "outputs.0.segmentation_type", "labelmap", "outputs[0].segmentation_type",
+     "one of binary, fractional"),
+    (CLASSIFIER, "outputs.0.segmentation_type", "binary", "outputs[0].segmentation_type",
+     "a segmentation model's first output only"),
 ]
 
 
