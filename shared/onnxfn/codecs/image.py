@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,6 +30,15 @@ class Image:
     rescale: tuple[float, float] | None = None  # (slope, intercept) from the file (DICOM)
     window: Window | None = None       # the file's own VOI window (DICOM)
     invert: bool = False               # MONOCHROME1: low values are bright
+    # DICOM only (None otherwise). Where the frame lies: its position in mm along the slice normal
+    # (ImagePositionPatient . (row x column direction of ImageOrientationPatient)), its PixelSpacing
+    # (between rows, between columns; mm), and its 0-based index in a multi-frame file (None for one frame).
+    position: float | None = None
+    spacing: tuple[float, float] | None = None
+    frame: int | None = None
+    # The pydicom Dataset the pixels came from (to reference it from DICOM SEG/SR); holds patient data:
+    # never logged, kept out of repr and comparisons.
+    source: Any = field(default=None, repr=False, compare=False)
 
     @property
     def height(self) -> int:

@@ -170,25 +170,73 @@ def test_palette_colour_becomes_8bit_rgb():
     assert int(im.pixels.max()) == 255
 
 
-def test_16bit_colour_is_refused():
-    error = refused(raw("SC_rgb_rle_16bit.dcm"), UnsupportedMediaType)
-    assert (error.status, error.code) == (415, "unsupported_pixels")
-    assert "16-bit colour" in error.message
+def test_16bit_colour_keeps_its_values_with_bits_stored():
+    im = dicom.decode(raw("SC_rgb_rle_16bit.dcm"), LIMIT)
+    assert (im.pixels.shape, im.pixels.dtype, im.bits, im.channels) == ((100, 100, 3), np.uint16, 16, 3)
+    np.testing.assert_array_equal(im.pixels, reference("SC_rgb_rle_16bit.dcm"))
+    assert int(im.pixels.max()) == 65535  # the full 16-bit range: unit scaling divides by 2**16 - 1
+
+
+def test_colour_with_fewer_bits_stored_keeps_them():
+    ds = dataset("SC_rgb_rle_16bit.dcm")
+    ds.decompress()
+    stored = (reference("SC_rgb_rle_16bit.dcm") >> 4).astype(np.uint16)
+    ds.PixelData, ds.BitsStored, ds.HighBit = stored.tobytes(), 12, 11
+    im = dicom.decode(written(ds), LIMIT)
+    assert (im.bits, im.pixels.dtype) == (12, np.uint16)
+    np.testing.assert_array_equal(im.pixels, stored)
+
+
+def test_16bit_colour_feeds_an_rgb_model_scaled_by_its_bits():
+    from onnxfn.bundles.manifest import ImageSpec, InputSpec
+    from onnxfn.tasks.preprocess import prepare
+
+    im = dicom.decode(raw("SC_rgb_rle_16bit.dcm"), LIMIT)
+    spec = InputSpec(name="x", dtype="float32", shape=(1, 3, 100, 100), layout="NCHW",
+                     image=ImageSpec(color="RGB", scaling="unit"))
+    tensor, _ = prepare(im, spec)
+    np.testing.assert_allclose(tensor[0].transpose(1, 2, 0), im.pixels / 65535.0, atol=1e-6)
 
 
 # ------------------------------------------------------------------ refusals
 
-@pytest.mark.parametrize("name,syntax", [
-    ("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS Lossless Image Compression"),
-    ("JPEGLSNearLossless_16.dcm", "JPEG-LS Lossy (Near-Lossless) Image Compression"),
-    ("SC_rgb_jpeg_gdcm.dcm", "JPEG Lossless, Non-Hierarchical, First-Order Prediction"),
-    ("JPGExtended.dcm", "JPEG Extended (Process 2 and 4)"),
-])
-def test_syntax_without_a_decoder_is_415_naming_syntax_and_packages(name, syntax):
-    error = refused(raw(name), UnsupportedMediaType)
+def unsupported_syntax(uid: str = "1.2.840.10008.1.2.4.100") -> bytes:
+    """CT_small re-labelled as an encapsulated syntax pydicom has no decoder for (MPEG2 by default)."""
+    from pydicom.encaps import encapsulate
+    ds = dataset("CT_small.dcm")
+    ds.PixelData = encapsulate([ds.PixelData])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uid
+    return written(ds, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("uid,syntax", [("1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level"),
+                                        ("1.2.840.10008.1.2.4.102", "MPEG-4 AVC/H.264 High Profile / Level 4.1")])
+def test_syntax_without_a_decoder_is_415_naming_syntax_and_packages(uid, syntax):
+    error = refused(unsupported_syntax(uid), UnsupportedMediaType)
     assert (error.status, error.code) == (415, "dicom_unsupported_syntax")
     assert f"transfer syntax '{syntax}" in error.message
     assert "pylibjpeg" in error.message and "gdcm" in error.message
+
+
+def test_a_syntax_whose_plugins_are_missing_is_415_naming_the_packages(monkeypatch):
+    from pydicom.pixels.decoders.base import JPEGLSLosslessDecoder as decoder
+    dicom.enable_plugins()  # what a compressed file does first; then the plugins go missing
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1")})
+    error = refused(raw("MR_small_jpeg_ls_lossless.dcm"), UnsupportedMediaType)
+    assert (error.status, error.code) == (415, "dicom_unsupported_syntax")
+    assert "no installed decoder handles the DICOM transfer syntax 'JPEG-LS Lossless" in error.message
+    assert "pylibjpeg-libjpeg" in error.message and "gdcm" in error.message
+
+
+@pytest.mark.parametrize("name,syntax", [("JPEG-lossy.dcm", "JPEG Extended (Process 2 and 4)"),
+                                         ("JPEG2000-embedded-sequence-delimiter.dcm", "JPEG 2000 Image Compression")])
+def test_data_the_installed_decoders_fail_on_is_415_naming_syntax_and_decoders(name, syntax):
+    error = refused(raw(name), UnsupportedMediaType)
+    assert (error.status, error.code) == (415, "dicom_unsupported_syntax")
+    assert f"could not decode this file's pixel data in the DICOM transfer syntax '{syntax}'" in error.message
+    assert "pylibjpeg:" in error.message and "gdcm" in error.message
 
 
 def test_object_without_pixels_is_415():
@@ -222,6 +270,7 @@ def test_multi_frame_is_400():
     error = refused(raw("examples_ybr_color.dcm"))
     assert (error.status, error.code) == (400, "multi_frame")
     assert "30 frames" in error.message
+    assert '"frames" option ("each"' in error.message and '"volume"' in error.message and '"first"' in error.message
 
 
 def test_pixel_limit_counts_rows_and_columns():
@@ -296,3 +345,150 @@ def test_damaged_files_only_raise_onnxfn_errors_without_patient_data(name, edits
     except OnnxfnError as e:
         assert e.status in (400, 413, 415)
         assert "CompressedSamples" not in e.message and "1CT1" not in e.message and "4MR1" not in e.message
+
+
+# ------------------------------------------------------------------ multi-frame
+
+def enhanced(frames: int = 3) -> tuple[bytes, np.ndarray]:
+    """CT_small as an enhanced multi-frame object: per-frame rescale, window and position in the Per-frame
+    Functional Groups, orientation, spacing and a default window in the Shared ones; the stored frames."""
+    ds = dataset("CT_small.dcm")
+    base = reference("CT_small.dcm")
+    stored = np.stack([base + 10 * i for i in range(frames)]).astype(np.int16)
+    ds.PixelData, ds.NumberOfFrames = stored.tobytes(), frames
+
+    def group(**sequences) -> pydicom.Dataset:
+        item = pydicom.Dataset()
+        for name, values in sequences.items():
+            macro = pydicom.Dataset()
+            for keyword, value in values.items():
+                setattr(macro, keyword, value)
+            setattr(item, name, [macro])
+        return item
+
+    ds.SharedFunctionalGroupsSequence = [group(
+        PlaneOrientationSequence={"ImageOrientationPatient": [0, 1, 0, 0, 0, -1]},  # sagittal: normal = -x
+        PixelMeasuresSequence={"PixelSpacing": [0.5, 0.75], "SliceThickness": 2},
+        FrameVOILUTSequence={"WindowCenter": 50, "WindowWidth": 350})]
+    per = []
+    for i in range(frames):
+        macros = {"PixelValueTransformationSequence": {"RescaleSlope": 1 + i, "RescaleIntercept": -1000 - i},
+                  "PlanePositionSequence": {"ImagePositionPatient": [10.0 - 2.5 * i, 3, 4]}}
+        if i != frames - 1:  # the last frame takes the shared window
+            macros["FrameVOILUTSequence"] = {"WindowCenter": [40 + i, 99], "WindowWidth": [400 + i, 9]}
+        per.append(group(**macros))
+    ds.PerFrameFunctionalGroupsSequence = per
+    ds.WindowCenter, ds.WindowWidth = 1, 2  # the top level loses to both
+    return written(ds), stored
+
+
+def test_enhanced_frames_take_per_frame_then_shared_then_top_level_values():
+    data, stored = enhanced()
+    frames = dicom.decode_frames(data, LIMIT)
+    assert [im.frame for im in frames] == [0, 1, 2]
+    for i, im in enumerate(frames):
+        np.testing.assert_array_equal(im.pixels, stored[i])
+        assert (im.bits, im.format, im.invert) == (16, "dicom", False)
+        assert im.rescale == (1.0 + i, -1000.0 - i)
+        assert im.spacing == (0.5, 0.75)
+        assert im.position == pytest.approx(-(10.0 - 2.5 * i))  # along the normal (-1, 0, 0)
+    assert [im.window for im in frames] == [Window(40.0, 400.0), Window(41.0, 401.0), Window(50.0, 350.0)]
+    assert frames[0].source is frames[2].source and frames[0].source.NumberOfFrames == 3
+
+
+def test_frames_fall_back_to_the_top_level_without_functional_groups():
+    ds = dataset("CT_small.dcm")
+    ds.PixelData, ds.NumberOfFrames = np.stack([reference("CT_small.dcm")] * 2).tobytes(), 2
+    frames = dicom.decode_frames(written(ds), LIMIT)
+    assert len(frames) == 2 and all(im.rescale == (1.0, -1024.0) for im in frames)
+    normal = np.cross(np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float))
+    assert frames[1].position == pytest.approx(float(np.dot(np.array(ds.ImagePositionPatient, float), normal)))
+    assert frames[1].spacing == tuple(float(v) for v in ds.PixelSpacing)
+
+
+def test_geometry_is_none_where_absent_or_malformed():
+    ds = dataset("CT_small.dcm")
+    del ds.ImagePositionPatient
+    ds.PixelSpacing = [0, 1]
+    im = dicom.decode(written(ds), LIMIT)
+    assert (im.position, im.spacing, im.frame) == (None, None, None)
+    assert dicom.decode(raw("SC_rgb_rle.dcm"), LIMIT).position is None
+
+
+def test_a_single_frame_file_is_one_frame():
+    frames = dicom.decode_frames(raw("CT_small.dcm"), LIMIT)
+    single = dicom.decode(raw("CT_small.dcm"), LIMIT)
+    assert len(frames) == 1 and frames[0].frame is None
+    np.testing.assert_array_equal(frames[0].pixels, single.pixels)
+    fields = ("bits", "rescale", "window", "invert", "position", "spacing")
+    assert [getattr(frames[0], f) for f in fields] == [getattr(single, f) for f in fields]
+
+
+@pytest.mark.parametrize("name,count,bits", [("examples_ybr_color.dcm", 30, 8), ("SC_rgb_rle_2frame.dcm", 2, 8),
+                                             ("SC_rgb_rle_16bit_2frame.dcm", 2, 16)])
+def test_colour_frames(name, count, bits):
+    frames = dicom.decode_frames(raw(name), 10**8)
+    expected = reference(name)
+    assert len(frames) == count
+    for i, im in enumerate(frames):
+        assert im.bits == bits and im.frame == i and im.pixels.flags.c_contiguous
+        np.testing.assert_array_equal(im.pixels, expected[i])
+
+
+def test_frame_limit_and_admission_see_the_frames_before_decoding():
+    data, _ = enhanced(4)
+    with pytest.raises(PayloadTooLarge) as info:
+        dicom.decode_frames(data, 128 * 128 * 4 - 1)
+    assert info.value.code == "too_many_pixels" and "128x128x4 frames" in info.value.message
+    seen = []
+
+    def admit(header):
+        seen.append(header)
+        raise PayloadTooLarge("no room", code="insufficient_memory")
+
+    with pytest.raises(PayloadTooLarge):
+        dicom.decode_frames(data, LIMIT, admit)
+    assert [(h.width, h.height, h.frames, h.sample_bytes, h.pixels) for h in seen] == [(128, 128, 4, 2, 128 * 128 * 4)]
+
+
+def test_source_is_the_dataset_and_kept_out_of_repr():
+    im = dicom.decode(raw("CT_small.dcm"), LIMIT)
+    assert im.source.SOPInstanceUID == dataset("CT_small.dcm").SOPInstanceUID
+    assert "CompressedSamples" not in repr(im) and "source" not in repr(im)
+
+
+# ------------------------------------------------------------------ plugins: imported only for compressed files
+
+IMPORTS = """
+import json, sys
+from pathlib import Path
+from onnxfn.codecs import dicom
+folder = Path(dicom.__file__).parents[0]
+import importlib.util
+test_files = Path(importlib.util.find_spec("pydicom").origin).parent / "data" / "test_files"
+plugins = ("pylibjpeg", "libjpeg", "openjpeg", "rle", "jpeg_ls", "gdcm")
+out = {}
+for name in sys.argv[1:]:
+    dicom.decode((test_files / name).read_bytes(), 10**8)
+    out[name] = sorted(p for p in plugins if p in sys.modules)
+from pydicom.pixels.decoders.base import JPEG2000Decoder, RLELosslessDecoder
+out["order"] = [list(JPEG2000Decoder._available), list(RLELosslessDecoder._available)]
+print(json.dumps(out))
+"""
+
+
+def test_plugins_are_imported_only_when_a_compressed_file_arrives():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[3]
+    run = subprocess.run([sys.executable, "-c", IMPORTS, "CT_small.dcm", "MR_small_bigendian.dcm",
+                          "MR_small_jpeg_ls_lossless.dcm"], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": f"{root / 'shared'}", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert seen["CT_small.dcm"] == [] and seen["MR_small_bigendian.dcm"] == []
+    assert {"pylibjpeg", "libjpeg", "openjpeg", "rle"} <= set(seen["MR_small_jpeg_ls_lossless.dcm"])
+    # registered late, the plugins keep the order pydicom tries them in (available_plugins is sorted by name)
+    assert seen["order"] == [["pylibjpeg", "pillow"], ["pylibjpeg", "pydicom"]]
