@@ -55,6 +55,9 @@ TRIM_PATHS = (
     "pydicom/data/test_files", "pydicom/data/charset_files", "pydicom/**/tests",
     "pydicom/sr",  # structured-report code dictionaries: nothing in pydicom imports them, onnxfn neither
     "PIL/**/*.pyi",
+    # pydicom's decoder plugins: their tests and the Cython sources of the compiled extensions
+    "pylibjpeg/tests", "pylibjpeg/tools/tests", "libjpeg/tests", "openjpeg/tests", "rle/tests",
+    "libjpeg/*.pyx", "libjpeg/*.cpp", "openjpeg/*.pyx",
     "**/__pycache__/*.opt-1.pyc", "**/__pycache__/*.opt-2.pyc",
 )
 # botocore carries the models of ~450 AWS services; onnxfn only calls S3 (sts and sso/sso-oidc stay
@@ -406,6 +409,13 @@ PROBE = r'''
 import json, os, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import fdk, httptools, numpy, onnxruntime, PIL.Image, pydicom, boto3, botocore
+import pylibjpeg, libjpeg, openjpeg, rle
+from pylibjpeg.utils import get_pixel_data_decoders
+# the plugins find each other through their entry points (dist-info): pydicom then sees their syntaxes
+decoders = get_pixel_data_decoders(version=2)
+assert len(decoders) == 12 and all(decoders.values()), sorted(decoders)
+arr = numpy.arange(64 * 48, dtype=numpy.uint16).reshape(64, 48) % 4096
+assert (openjpeg.decode(openjpeg.encode(arr, bits_stored=12)) == arr).all()  # the compiled library runs
 from fdk.scripts import fdk as fdk_script
 body = b"onnxfn"
 class S3(BaseHTTPRequestHandler):
@@ -437,7 +447,7 @@ etag = s.put("y", b"result", "application/json", {"k": "v"})
 server.shutdown()
 assert (stat.size, data, etag) == (len(body), body, '"e"'), (stat, data, etag)
 mods = {m: sys.modules[m].__file__ for m in ("fdk", "httptools", "numpy", "onnxruntime", "PIL", "pydicom",
-                                               "boto3", "botocore")}
+                                               "boto3", "botocore", "pylibjpeg", "libjpeg", "openjpeg", "rle")}
 print(json.dumps({"files": mods, "onnxruntime": onnxruntime.__version__, "sys_path": sys.path}))
 '''
 
