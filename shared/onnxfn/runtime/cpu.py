@@ -70,9 +70,10 @@ def quota(cgroup: Path | None = None, proc: Path = PROC) -> float | None:
     return min(granted) if granted else None
 
 
-def cgroup_folders(proc: Path = PROC) -> list[tuple[str, Path]]:
-    """The folders of this process's CPU cgroup and of its ancestors up to the hierarchy's mount point, most
-    specific first, each as ("v2" or "v1", folder); empty where /proc cannot tell."""
+def cgroup_folders(proc: Path = PROC, controller: str = "cpu") -> list[tuple[str, Path]]:
+    """The folders of this process's cgroup for `controller` ("cpu", "memory": the v1 hierarchy that holds it;
+    v2 has one) and of its ancestors up to the hierarchy's mount point, most specific first, each as ("v2" or
+    "v1", folder); empty where /proc cannot tell."""
     try:
         membership = (proc / "cgroup").read_text().splitlines()
         mounts = (proc / "mountinfo").read_text().splitlines()
@@ -85,7 +86,7 @@ def cgroup_folders(proc: Path = PROC) -> list[tuple[str, Path]]:
             continue
         if parts[0] == "0" and parts[1] == "":
             paths["v2"] = parts[2]
-        elif "cpu" in parts[1].split(","):
+        elif controller in parts[1].split(","):
             paths["v1"] = parts[2]
     found: list[tuple[str, Path]] = []
     for line in mounts:  # id parent major:minor root mount-point options [optional...] - fstype source super-options
@@ -93,7 +94,8 @@ def cgroup_folders(proc: Path = PROC) -> list[tuple[str, Path]]:
         fields, tail = left.split(), right.split()
         if len(fields) < 5 or len(tail) < 3:
             continue
-        version = "v2" if tail[0] == "cgroup2" else "v1" if tail[0] == "cgroup" and "cpu" in tail[2].split(",") else None
+        v1 = tail[0] == "cgroup" and controller in tail[2].split(",")
+        version = "v2" if tail[0] == "cgroup2" else "v1" if v1 else None
         if version is None or version not in paths or any(v == version for v, _ in found):
             continue
         root, point, path = _unescape(fields[3]), Path(_unescape(fields[4])), paths[version]

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from onnxfn import logs
 from onnxfn.bundles import bundle as bundles
-from onnxfn.bundles.manifest import Artifact, Tuning
+from onnxfn.bundles.manifest import Artifact, MemoryCost, Tuning
 from onnxfn.bundles.source import resolve, store_for
 from onnxfn.errors import BundleError, ConfigError, LoadTimeout, OnnxfnError
-from onnxfn.runtime import cpu, session as sessions
-from onnxfn.runtime.model import Model
+from onnxfn.runtime import cpu, memory, session as sessions
+from onnxfn.runtime.model import Model, warm_up_feeds
 from onnxfn.runtime.selection import applies, choose, tuning_for
 from onnxfn.settings import Settings
 from onnxfn.storage import deadline as storage_deadline
@@ -29,6 +29,8 @@ from onnxfn.storage import deadline as storage_deadline
 log = logging.getLogger("onnxfn")
 #: how long a background revalidation (and the load of a changed bundle) may use storage
 REVALIDATION_SECONDS = 300
+#: the sizes a bundle without a memory cost is measured at on its first load (runtime/memory.py): two, small
+LOAD_SIZES = (64, 128)
 
 
 def load(settings: Settings, deadline: float | None = None, warmup: bool = True,
@@ -89,15 +91,39 @@ def _session(bundle: bundles.Bundle, artifact: Artifact, path: Path, threads: in
                   {o.name: list(o.shape) for o in session.get_outputs()}, source)
     model.kind, model.tuning = artifact.kind, tuning
     created = time.perf_counter()
-    if warmup:
+    model.memory = bundle.manifest.memory or _measure(model, warmup)
+    measured = time.perf_counter()
+    if warmup and not model.warmed:
         try:
             model.warm_up()
             model.warmed = True
         except OnnxfnError as e:
             raise BundleError(f"warm-up inference failed for artifact {artifact.path!r}: {e.message}",
                               code="warmup_failed") from None
-    model.phases = {"load_session": _ms(created - started), "load_warmup": _ms(time.perf_counter() - created)}
+    model.phases = {"load_session": _ms(created - started), "load_memory": _ms(measured - created),
+                    "load_warmup": _ms(time.perf_counter() - measured)}
     return model
+
+
+def _measure(model: Model, warmup: bool) -> MemoryCost | None:
+    """The cost of a bundle packaged without one, on the fresh session: two small runs on zeros for a model whose
+    image height and width are dynamic (6-12 ms for the demo U-Net), else one run on the warm-up's inputs, which
+    is then the warm-up too (1-2 ms for digits-cnn); without a warm-up, a fixed-shape model's first call measures
+    it (`Model.measure_first`). A model that fails here is left unmeasured (None): the warm-up or the first call
+    tells why."""
+    spec = model.manifest.image_input or model.manifest.inputs[0]
+    if not memory.dynamic(spec) and not warmup:
+        model.measure_first = True
+        return None
+    try:
+        feeds, on = warm_up_feeds(model.bundle)
+        cost = memory.measure(model.session, spec, LOAD_SIZES, feeds)
+    except Exception as e:  # onnxruntime's own types, a damaged example
+        logs.event(log, "memory_unmeasured", logging.WARNING, error=getattr(e, "message", str(e))[:300])
+        return None
+    if not memory.dynamic(spec):
+        model.warmed, model.warmed_on, model.checked = True, on, True
+    return cost
 
 
 def _ms(seconds: float) -> float:
