@@ -136,6 +136,11 @@ def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
         if options.optimize_for or options.int8:
             document["artifacts"] += _derived(model, manifest, Path(work), options, files, example)
             manifest = mf.parse(json.loads(json.dumps(document)))
+        cost = measure_memory(model, manifest, example, options)
+        if cost is not None:
+            document["memory"] = {"fixed": cost.fixed, "per_element": cost.per_element,
+                                  "measured": list(cost.measured)}
+            manifest = mf.parse(json.loads(json.dumps(document)))
         written = bundles.write(out, manifest, files, force=options.force)
     from onnxfn.runtime.loader import load
     from onnxfn.settings import Settings
@@ -148,6 +153,24 @@ def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
             raise BundleError(zeros_failed(manifest.inputs, e.message), code="warmup_failed") from None
         raise
     return written
+
+
+def measure_memory(model: Path, manifest: mf.Manifest, example: dict[str, np.ndarray] | None,
+                   options: Options) -> mf.MemoryCost | None:
+    """The portable model's memory cost (`runtime.memory.measure` at its `SIZES` on a fresh session with the
+    threads this machine would give the function), or None, said in `options.report`, where the model fails
+    on the inputs (the bundle's load check then says why)."""
+    from onnxfn.runtime import cpu, memory
+    from onnxfn.runtime.model import example as zeros
+    spec = manifest.image_input or manifest.inputs[0]
+    feeds = example if example is not None else {i.name: zeros(i) for i in manifest.inputs}
+    try:
+        cost = memory.measure(sessions.create(model, cpu.threads(), what=str(model)), spec, memory.SIZES, feeds)
+    except Exception as e:  # onnxruntime's own types
+        options.report.append(f"memory cost not measured ({getattr(e, 'message', e)}): measured at the first load")
+        return None
+    options.report.append(f"memory cost: {cost.fixed} bytes + {cost.per_element} bytes per input element")
+    return cost
 
 
 def zeros_failed(inputs: tuple[mf.InputSpec, ...], message: str) -> str:
