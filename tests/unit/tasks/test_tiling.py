@@ -174,6 +174,15 @@ def test_an_image_no_larger_than_a_tile_is_run_whole():
     assert len(feeds) == 1 and feeds[0].shape == (1, 1, 52, 64) and np.array_equal(out, whole * 2)
 
 
+def test_an_output_without_batch_and_channel_axes_is_blended_as_h_x_w():
+    s = spec(tile=(32, 32), overlap=0.5, pad_multiple=4)
+    image = grey(70, 90)
+    out, _ = tiling.run(image, s, lambda feed: feed[0, 0] * 3.0)
+    whole, _ = preprocess.prepare(image, s)
+    assert out.shape == (72, 92)
+    np.testing.assert_allclose(out, whole[0, 0] * 3.0, rtol=1e-6)
+
+
 # --- bad models ------------------------------------------------------------------------------------------------
 
 def test_an_output_that_does_not_keep_the_tile_s_size_is_a_bad_output():
