@@ -88,8 +88,10 @@ def _labels(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec) -> np.n
     if output.shape[2] != 1:
         raise InferenceError(f"output {spec.name!r} has {output.shape[2]} channels; decision `threshold` needs one",
                              code="bad_output")
+    if spec.activation == "sigmoid":  # sigmoid(x) > t is x > logit(t): no float32 copy of a large output
+        return np.greater(output[..., 0], np.float32(np.log(spec.threshold / (1.0 - spec.threshold)))).view(np.uint8)
     probability = activate(output[..., 0], spec.activation)
-    return (probability > spec.threshold).astype(np.uint8)
+    return (probability > spec.threshold).view(np.uint8)
 
 
 def _bbox(region: np.ndarray) -> list[int]:
