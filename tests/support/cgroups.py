@@ -1,4 +1,5 @@
-"""Real child cgroups of the v1 cpu controller (writable as root here): what a function sees under a CPU quota."""
+"""Real child cgroups of the v1 cpu and memory controllers (writable as root here): what a function sees under
+a CPU quota or a memory limit."""
 from __future__ import annotations
 
 import os
@@ -8,22 +9,38 @@ from pathlib import Path
 import pytest
 
 CPU_V1 = Path("/sys/fs/cgroup/cpu")
+MEMORY_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def _child(controller: Path):
+    """A fresh child of the v1 `controller`'s root (skipped where it is not writable); whatever is left in it
+    goes back to the root, and it is removed afterwards."""
+    if not os.access(controller / "cgroup.procs", os.W_OK):
+        pytest.skip(f"the v1 {controller.name} controller is not writable here (needs root and cgroup v1)")
+    folder = controller / f"onnxfn-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        for pid in (folder / "cgroup.procs").read_text().split():
+            try:
+                (controller / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass
+        folder.rmdir()
 
 
 @pytest.fixture
 def child_cgroup():
     """A real child cgroup of the v1 cpu controller (writable as root here), removed afterwards."""
-    if not os.access(CPU_V1 / "cgroup.procs", os.W_OK):
-        pytest.skip("the v1 cpu controller is not writable here (needs root and cgroup v1)")
-    folder = CPU_V1 / f"onnxfn-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    folder.mkdir()
-    yield folder
-    for pid in (folder / "cgroup.procs").read_text().split():
-        try:
-            (CPU_V1 / "cgroup.procs").write_text(pid)  # whatever is left goes back to the root
-        except OSError:
-            pass
-    folder.rmdir()
+    yield from _child(CPU_V1)
+
+
+@pytest.fixture
+def memory_cgroup():
+    """A real child cgroup of the v1 memory controller (writable as root here), removed afterwards: set its
+    `memory.limit_in_bytes`, then start a process in it with `JOIN`."""
+    yield from _child(MEMORY_V1)
 
 
 #: Python code that moves its own process into the cgroup named by argv[1] (then dropped from argv).

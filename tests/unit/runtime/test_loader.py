@@ -216,3 +216,28 @@ def test_concurrent_first_calls_build_one_core_and_start_one_load():
         t.join()
     assert [r.status for r in replies] == [200] * 4 and app.service.runner.loads == 1
     assert sum(r.body["cold"] for r in replies) >= 1
+
+
+def test_a_bundle_without_a_memory_cost_is_measured_at_its_first_load():
+    unet = runner.load(Settings(model_uri=str(MODELS / "lesion-unet"), threads=1), warmup=False)
+    assert unet.manifest.memory is None and unet.memory.per_element > 0
+    assert [r["shape"][2:] for r in unet.memory.measured] == [[64, 64], [128, 128]]  # two small runs
+    assert "load_memory" in unet.phases and not unet.warmed
+    digits = runner.load(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
+    assert digits.memory.per_element == 0 and digits.memory.measured[0]["shape"] == [1, 1, 8, 8]
+    assert digits.warmed and digits.checked  # its one measured run was the warm-up
+    lazy = runner.load(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1), warmup=False)
+    assert lazy.memory is None and lazy.measure_first and not lazy.warmed  # the first call is the warm-up
+    lazy.run({"image": example(lazy.manifest.inputs[0])})
+    assert not lazy.measure_first and lazy.memory.per_element == 0
+    assert lazy.memory.measured == ({"shape": [1, 1, 8, 8], "peak": lazy.memory.fixed},)
+
+
+def test_a_packaged_memory_cost_is_used_as_it_is(tmp_path):
+    from onnxfn.tools.package import Options, build
+    bundle = build(MODELS / "lesion-unet" / "model.onnx", tmp_path / "unet",
+                   Options(task="segmentation", activation="sigmoid", decision="threshold", labels=["lesion"],
+                           image={"pad_multiple": 4}))
+    model = runner.load(Settings(model_uri=str(bundle.root), threads=1))
+    assert model.memory is bundle.manifest.memory or model.memory == bundle.manifest.memory
+    assert len(model.memory.measured) == 3  # packaging's runs, not the load's two

@@ -73,3 +73,23 @@ def test_a_damaged_example_is_never_served(reshaping):
     with pytest.raises(BundleError) as e:
         Service(Settings(model_uri=str(reshaping.root), threads=1)).model()
     assert e.value.code == "checksum_mismatch"
+
+
+def test_only_a_large_call_of_a_model_whose_cost_grows_gives_memory_back():
+    from onnxfn.bundles.manifest import MemoryCost
+    from onnxfn.runtime.model import RELEASE_ABOVE, example
+    from tests.support.models import MODELS
+    digits = loader.load(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
+    feeds = {"image": example(digits.manifest.inputs[0])}
+    digits.memory = MemoryCost(RELEASE_ABOVE * 2, 0.0)  # costly, but the same on every call: nothing to give back
+    assert digits.cost(feeds) == RELEASE_ABOVE * 2 and not digits.large(feeds)
+    digits.memory = None
+    assert digits.cost(feeds) is None and not digits.large(feeds)
+    unet = loader.load(Settings(model_uri=str(MODELS / "lesion-unet"), threads=1))
+    unet.memory = MemoryCost(0, 100.0)
+    small, big = (np.zeros((1, 1, n, n), np.float32) for n in (512, 1280))
+    assert not unet.large({"image": small}) and unet.large({"image": big})
+    unet.run({"image": small})
+    assert unet.releases == 0
+    unet.run({"image": big})
+    assert unet.releases == 1

@@ -60,3 +60,7 @@ def test_a_process_in_a_real_child_cgroup_spins_only_when_its_quota_covers_two_t
                          env={**os.environ, "PYTHONPATH": str(ROOT / "shared")}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", spins]
+
+
+def test_release_options_shrink_the_cpu_arena():
+    assert sessions.release_options().get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"

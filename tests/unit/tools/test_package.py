@@ -220,3 +220,19 @@ def test_a_tensor_bundle_takes_images_with_image_input(tmp_path, capsys):
     assert main(["package", str(tmp_path / "s.onnx"), "--out", str(tmp_path / "cli"), "--image-input",
                  "--size", "4x4"]) == 0
     assert json.loads(capsys.readouterr().out)["inputs"][0]["image"]["size"] == [4, 4]
+
+
+def test_packaging_records_the_models_memory_cost(tmp_path):
+    from tests.support.models import MODELS
+    unet = build(MODELS / "lesion-unet" / "model.onnx", tmp_path / "unet",
+                 Options(task="segmentation", activation="sigmoid", decision="threshold", labels=["lesion"],
+                         image={"pad_multiple": 4}))
+    cost = unet.manifest.memory
+    assert cost.per_element > 0 and [r["shape"] for r in cost.measured] == [[1, 1, s, s] for s in (64, 128, 192)]
+    assert all(cost.bytes(s * s) >= r["peak"] for s, r in zip((64, 128, 192), cost.measured))
+    stored = json.loads((tmp_path / "unet" / "manifest.json").read_text())["memory"]
+    assert stored["per_element"] == cost.per_element and stored["fixed"] == cost.fixed
+    options = Options(task="classification", labels=[str(i) for i in range(10)])
+    digits = build(MODELS / "digits-cnn" / "model.onnx", tmp_path / "digits", options)
+    assert digits.manifest.memory.per_element == 0 and len(digits.manifest.memory.measured) == 1
+    assert any(line.startswith("memory cost: ") for line in options.report)
