@@ -439,8 +439,8 @@ class S3(BaseHTTPRequestHandler):
 server = ThreadingHTTPServer(("127.0.0.1", 0), S3)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 os.environ.update(AWS_ACCESS_KEY_ID="probe", AWS_SECRET_ACCESS_KEY="probe")
-from onnxfn.storage import store
-s = store.S3Store("s3://b/p/", "b", "p/", f"http://127.0.0.1:{server.server_port}", "us-phoenix-1")
+from onnxfn.storage import s3
+s = s3.S3Store("s3://b/p/", "b", "p/", f"http://127.0.0.1:{server.server_port}", "us-phoenix-1")
 stat = s.stat("x")
 data, version = s.read("x", 1024)
 etag = s.put("y", b"result", "application/json", {"k": "v"})

@@ -9,7 +9,8 @@ import json
 import logging
 import sys
 
-NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "PIL", "pydicom", "fdk", "asyncio", "onnxruntime")
+NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "PIL", "pydicom", "fdk", "asyncio", "onnxruntime",
+         "pylibjpeg", "libjpeg", "openjpeg", "rle")  # pydicom's decoder plugins log each decode at DEBUG
 _configured = False
 
 
