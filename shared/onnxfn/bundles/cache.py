@@ -105,11 +105,24 @@ class Cache:
         """The cached file of `artifact`, downloaded and verified (retried until `deadline`) unless already there;
         room is made first by evicting least-recently-used blobs, never those in `keep`."""
         path = self.blobs / artifact.sha256
-        if path.exists() and path.stat().st_size == artifact.size:
+        if self._intact(path, artifact):
             os.utime(path)  # most recently used
             return path
         self.evict(artifact.size, keep)
         return retrying(lambda: self._download(store, artifact, path), deadline, artifact.path)
+
+    @staticmethod
+    def _intact(path: Path, artifact: mf.Artifact | mf.Example) -> bool:
+        """Whether a cached file is the artifact: a file reused from an earlier load (a failed one, a process
+        before this one, another process sharing the folder) is hashed again, as a local bundle's is, and one
+        damaged since is removed, to be downloaded again."""
+        try:
+            if path.stat().st_size == artifact.size and bundles.sha256_file(path) == artifact.sha256:
+                return True
+            path.unlink(missing_ok=True)
+        except OSError:  # missing (the usual case), or unreadable: downloaded again
+            pass
+        return False
 
     def _download(self, store: Store, artifact: mf.Artifact | mf.Example, path: Path) -> Path:
         part = self.partial / f"{artifact.sha256}.{uuid.uuid4().hex}.part"

@@ -34,6 +34,22 @@ def test_download_is_verified_and_reused(tmp_path, served):
     assert list(cache.partial.iterdir()) == []
 
 
+def test_a_cached_artifact_damaged_since_is_downloaded_again(tmp_path, served):
+    """A blob of the right size whose bytes changed after it was cached (a second load in the same process, or a
+    process sharing the folder) is never handed out: it is hashed, removed and downloaded again."""
+    cache = Cache(tmp_path / "cache", 10 << 20)
+    store = open_store(served.url)
+    first = cache.bundle(store, None, later())
+    path = first.fetch(first.manifest.portable)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    again = cache.bundle(store, None, later())
+    assert again.fetch(again.manifest.portable) == path
+    assert bundles.sha256_file(path) == first.manifest.portable.sha256
+    assert sum(r.startswith("GET") and r.endswith("model.onnx") for r in served.faults.requests) == 2
+
+
 def test_pin_must_match_the_manifest(tmp_path, served):
     cache = Cache(tmp_path / "cache", 10 << 20)
     with pytest.raises(BundleError, match="MODEL_SHA256") as e:
