@@ -116,8 +116,8 @@ def report(source: Any, result: dict, manifest: Manifest) -> bytes:
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"rank {rank}"),
             algorithm_id=algorithm, source_images=[image], finding_type=_code(hd, finding),
-            measurements=[hd.sr.Measurement(name=_code(hd, name), value=float(entry[key]), unit=codes.UCUM.NoUnits,
-                                            algorithm_id=algorithm)]))
+            measurements=[hd.sr.Measurement(name=_code(hd, name), value=float(entry[key]),
+                                            unit=codes.UCUM.NoUnits)]))
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

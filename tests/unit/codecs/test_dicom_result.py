@@ -3,6 +3,9 @@ and probability, references to the source, and only the patient and study attrib
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import io
 import json
 
@@ -288,3 +291,23 @@ def test_encode_turns_real_answers_into_seg_and_sr():
     with pytest.raises(BadRequest) as info:
         dicom_result.encode(ds, {"task": "tensor", "result": {}}, m)
     assert info.value.status == 406
+
+
+def test_highdicom_is_imported_only_when_a_dicom_result_is_made():
+    script = """
+import io, sys
+from onnxfn.service import Service
+from onnxfn.settings import Settings
+from onnxfn.codecs import dicom_result
+service = Service(Settings(model_uri=sys.argv[1], baked_bundle="", threads=1))
+answer = service.predict(open(sys.argv[2], "rb").read(), "application/dicom")
+assert answer.body["task"] == "segmentation"
+print("highdicom" in sys.modules)
+import pydicom
+dicom_result.encode(pydicom.dcmread(sys.argv[2]), answer.body, service.model(None)[0].manifest)
+print("highdicom" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(MODELS / "lesion-unet"), str(SAMPLES / "phantom.dcm")],
+                          capture_output=True, text=True, cwd=MODELS.parent, env={**os.environ, "PYTHONPATH": "shared"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True"]
