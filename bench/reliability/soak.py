@@ -243,7 +243,7 @@ def run(calls: int, sample_every: int, warmup: float, seed: int, largest: int, t
             if wrong:
                 key = f"{payload.kind}: expected {payload.expect}, got {status} {code} (fdk {fdk_status})"
                 errors[key] = errors.get(key, 0) + 1
-                if len(examples) < 5:
+                if len(examples) < 3:
                     examples.append(f"call {i} {'gateway' if gateway else 'direct'} {key}")
             if i % sample_every == 0 or i == calls - 1:
                 for m, fn in functions.items():
@@ -272,8 +272,10 @@ def report(figures: dict) -> None:
     print(f"soak: {figures['calls']:,} calls in {figures['seconds']} s over {figures['payloads']} payloads "
           f"({', '.join(figures['kinds'])}); largest image {figures['largest']}; warm-up {figures['warmup_calls']} calls")
     print(f"  statuses: {figures['statuses']}  errors: {figures['errors']}  processes alive: {figures['alive']}")
+    for kind, count in sorted(figures["error_kinds"].items()):
+        print(f"    {count:5} x {kind}")
     for example in figures["error_examples"]:
-        print(f"    {example}")
+        print(f"    e.g. {example}")
     for model, lat in figures["latency_ms"].items():
         print(f"  {model:6} latency ms: p50 {lat['p50']}  p99 {lat['p99']}  max {lat['max']}  ({lat['calls']} calls)")
     for model, mem in figures["rss"].items():
