@@ -61,10 +61,10 @@ def _color(image: Image, cfg: ImageSpec) -> np.ndarray:
     if have == cfg.channels:
         return pixels
     if cfg.channels == 1 and have == 3:
-        if image.bits != 8:
-            raise BadRequest(f"the model takes one grey channel; {image.bits}-bit colour cannot be converted",
+        if image.bits is None:
+            raise BadRequest("the model takes one grey channel; floating-point colour cannot be converted",
                              code="channels_mismatch")
-        return (pixels.astype(np.float32) @ LUMA)[..., None]
+        return (pixels.astype(np.float32) @ LUMA)[..., None]  # luma keeps the stored range: 16-bit stays 16-bit
     if cfg.channels == 3 and have == 1:
         if image.bits != 8 or image.format == "dicom" and (image.rescale or image.invert):
             raise BadRequest(f"the model takes 3 colour channels, but this image is {_depth(image)} greyscale, "

@@ -276,11 +276,17 @@ def test_8bit_dicom_grey_without_rescale_is_replicated():
     np.testing.assert_allclose(tensor, [[[0, 0, 0], [1, 1, 1]]])
 
 
-def test_16bit_colour_to_grey_is_refused():
-    image = Image(np.zeros((2, 2, 3), np.uint16), 16, "tiff")
+def test_16bit_colour_to_grey_is_its_luma_in_the_16bit_range():
+    pixels = np.array([[[65535, 65535, 65535], [65535, 0, 0]]], np.uint16)
+    tensor, _ = preprocess.prepare(Image(pixels, 16, "dicom"), spec("HW"))
+    np.testing.assert_allclose(tensor, [[1.0, 0.299]], rtol=1e-6)  # unit scaling divides by 2**16 - 1
+
+
+def test_floating_point_colour_to_grey_is_refused():
+    image = Image(np.zeros((2, 2, 3), np.float32), None, "tiff")
     with pytest.raises(BadRequest) as info:
-        preprocess.prepare(image, spec("HW"))
-    assert info.value.code == "channels_mismatch" and "16-bit colour" in info.value.message
+        preprocess.prepare(image, spec("HW", scaling="raw"))
+    assert info.value.code == "channels_mismatch" and "floating-point colour" in info.value.message
 
 
 # ------------------------------------------------------------------ geometry
