@@ -2,7 +2,8 @@
 real SeaweedFS, the function under the real fdk loading s3:// through it. Whatever the fault (latency, a reset
 mid-body, 503 SlowDown bursts, a black hole), every call is answered before its Fn-Deadline (503 with Retry-After,
 never a hang or a 500), the cache holds only artifacts that match their sha256, and once the fault clears the same
-process recovers."""
+process recovers. Events too: a result whose last write fails is not complete (its JSON, written last, is missing)
+and the event's redelivery completes it."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,7 +15,7 @@ import pytest
 
 from tests.support.calls import predict, remote_env
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.models import MODELS
+from tests.support.models import MODELS, ROOT
 
 DEADLINE = 3.0  # seconds each faulty call is given
 
@@ -144,3 +145,36 @@ def test_a_warm_model_keeps_answering_while_storage_is_black_holed(served, proxy
     reply, in_time = timed(fn)
     assert in_time and reply.http_status == 200 and reply.json()["cold"] is False
     assert cache_problems(tmp_path / "cache") == []
+
+
+def test_an_event_whose_json_write_fails_leaves_no_complete_looking_result_and_redelivery_completes_it(
+        function, s3, s3_client, bucket, proxy, tmp_path):
+    """The mask is written, then every write of the JSON gets 503 SlowDown: the invocation fails (502, so the
+    platform delivers the event again) before its deadline, with no JSON (the mark of a complete result); once the
+    fault clears, the same event writes the JSON, which points at the mask already there."""
+    import io
+    import json
+    from models.train.phantoms import make_phantom, write_png16
+    hu, _ = make_phantom(3, (96, 96))
+    write_png16(tmp_path / "p.png", hu)
+    s3_client.put_object(Bucket=bucket, Key="ct/p.png", Body=(tmp_path / "p.png").read_bytes())
+    env = {**s3.env(), "AWS_ENDPOINT_URL_S3": proxy.endpoint, "MODEL_URI": str(MODELS / "lesion-unet"),
+           "ONNXFN_BAKED_BUNDLE": "", "ONNXFN_EVENT_SOURCES": f"s3://{bucket}/", "ONNXFN_STORAGE_TIMEOUT": "1",
+           "ONNXFN_DEADLINE_MARGIN_MS": "300"}
+    fn = function(env, entry=ROOT / "functions" / "events.py")
+    event = json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": bucket}, "object": {"key": "ct/p.png"}}}]}).encode()
+    proxy.set(Fault.slowdown(match=r"^PUT .*/results/ct/p\.png\.json$"))
+    end = time.monotonic() + DEADLINE
+    reply = fn.call(event, "application/json", deadline=DEADLINE)
+    assert time.monotonic() < end and reply.status == 502, reply.body
+    assert proxy.injected("slowdown") >= 2  # retried before giving up
+    written = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="results/").get("Contents", [])}
+    assert "results/ct/p.png.mask.png" in written and "results/ct/p.png.json" not in written
+    proxy.clear()
+    summary = fn.call(event, "application/json", deadline=10.0).json()
+    assert summary["written"] == 1, summary
+    result = json.loads(s3_client.get_object(Bucket=bucket, Key="results/ct/p.png.json")["Body"].read())
+    from PIL import Image
+    mask = Image.open(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=result["result"]["mask"]["key"])["Body"].read()))
+    assert mask.size == (96, 96)

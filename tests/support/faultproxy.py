@@ -6,6 +6,7 @@
         proxy.set(Fault.reset(4096))                # answers cut by a TCP reset after 4,096 body bytes
         proxy.set(Fault.slowdown(3))                # the next 3 requests: 503 SlowDown (S3's XML error body)
         proxy.set(Fault.blackhole())                # requests read, never answered
+        proxy.set(Fault.slowdown(match=r"^PUT .*json$"))  # only requests whose "METHOD path" matches
         proxy.clear()                               # relay faithfully again
 
 Requests are relayed byte for byte (a SigV4 signature covers the Host header the client sent, which is the
@@ -18,6 +19,7 @@ client gives up or the proxy stops (clearing the fault does not answer it: a rea
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
@@ -40,26 +42,27 @@ class Fault:
     seconds: float = 0.0       # latency: added before each answer
     after: int = 0             # reset: body bytes relayed before the reset
     count: int | None = None   # slowdown: how many consecutive requests get a 503 (None: all, until cleared)
+    match: str | None = None   # a regular expression "METHOD path" must match for the fault to apply (None: all)
 
     @staticmethod
-    def latency(seconds: float) -> "Fault":
+    def latency(seconds: float, match: str | None = None) -> "Fault":
         """Every answer delayed by `seconds` (before its first byte)."""
-        return Fault("latency", seconds=seconds)
+        return Fault("latency", seconds=seconds, match=match)
 
     @staticmethod
-    def reset(after: int) -> "Fault":
+    def reset(after: int, match: str | None = None) -> "Fault":
         """Answers with a body longer than `after` bytes: the head and `after` body bytes, then a TCP reset."""
-        return Fault("reset", after=after)
+        return Fault("reset", after=after, match=match)
 
     @staticmethod
-    def slowdown(count: int | None = None) -> "Fault":
+    def slowdown(count: int | None = None, match: str | None = None) -> "Fault":
         """The next `count` requests (None: every one until cleared) answered 503 SlowDown, not relayed."""
-        return Fault("slowdown", count=count)
+        return Fault("slowdown", count=count, match=match)
 
     @staticmethod
-    def blackhole() -> "Fault":
+    def blackhole(match: str | None = None) -> "Fault":
         """Requests accepted and read, never answered."""
-        return Fault("blackhole")
+        return Fault("blackhole", match=match)
 
 
 class _Closed(Exception):
@@ -257,13 +260,14 @@ class FaultProxy:
         """The fault this request gets (a slowdown burst counts down), logged."""
         with self._lock:
             fault = self.fault
+            if fault is not None and fault.match is not None and not re.search(fault.match, f"{method} {path}"):
+                fault = None
             if fault is not None and fault.kind == "slowdown" and self._left is not None:
                 if self._left <= 0:
                     fault = None
                 else:
                     self._left -= 1
-            self.log.append((method, path, fault.kind if fault is not None and fault.kind != "latency"
-                             else ("latency" if fault is not None else "relayed")))
+            self.log.append((method, path, fault.kind if fault is not None else "relayed"))
         return fault
 
     def _hold(self, client: socket.socket) -> None:
