@@ -2,17 +2,19 @@
 nothing of Fn, gateways or events (adapters do)."""
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from onnxfn.codecs import binary, payload, tensor
-from onnxfn.tasks import detect, postprocess, preprocess
+from onnxfn.codecs.image import Header
+from onnxfn.tasks import detect, postprocess, preprocess, tiling
 from onnxfn.errors import BadRequest, InferenceError, NotFound, ResponseTooLarge
 from onnxfn.runtime.loader import Runner
 from onnxfn.runtime.model import Model
 from onnxfn.bundles.manifest import InputSpec
-from onnxfn.runtime import session as sessions
+from onnxfn.runtime import admission, memory, session as sessions
 from onnxfn.settings import Settings
 
 
@@ -113,19 +115,33 @@ class Service:
         if body.kind == "json":
             raise BadRequest("this route takes an image; send OIP tensors to /v2/models/{name}/infer",
                              code="image_expected")
-        with timer.step("decode"):  # on a cold call, while the model loads in the background
-            image = payload.decode_image(body, self.settings.max_pixels)
         model, cold = self.model(timer, deadline=deadline, inference=True)
         m = model.manifest
         spec = image_input(m)
-        with timer.step("preprocess"):
-            feed, geometry = preprocess.prepare(image, spec)
+        plans: list[admission.Plan] = []
+        with timer.step("decode"):  # the header is admitted (whole, tiled or 413) before the pixels are decoded
+            image = payload.decode_image(body, self.settings.max_pixels,
+                                         lambda header: plans.append(self.admit(model, spec, header)))
+        tiled = bool(plans) and plans[0].tiled
         if m.task == "tensor":
             names = None  # every output
         else:
             names = detect.output_names(m) if m.task == "detection" else [m.primary_output.name]
-        with timer.step("inference"):
-            outputs, model = self.run(model, {spec.name: feed}, names, deadline)
+        if tiled:
+            ran = [model]
+
+            def infer(feed):
+                values, ran[0] = self.run(ran[0], {spec.name: feed}, names, deadline)
+                return values[m.primary_output.name]
+            with timer.step("inference"):  # tile by tile: pre-processing, inference and blending together
+                output, geometry = tiling.run(image, spec, infer)
+            outputs, model = {m.primary_output.name: output}, ran[0]
+        else:
+            with timer.step("preprocess"):
+                feed, geometry = preprocess.prepare(image, spec)
+            with timer.step("inference"):
+                outputs, model = self.run(model, {spec.name: feed}, names, deadline)
+            del feed
         tensors: list[bytes] = []
         with timer.step("postprocess"):
             if m.task == "tensor":
@@ -140,8 +156,29 @@ class Service:
         answer = {"task": m.task, "result": result,
                   "image": {"format": image.format, "width": image.width, "height": image.height,
                             "channels": image.channels, "bits": image.bits}}
+        if tiled:
+            t = spec.image.tiling
+            answer["tiling"] = {"tile": list(t.tile), "overlap": t.overlap, "blend": t.blend}
+        del image, outputs
         described = self.describe(model, cold, timer)
         return Answer({**answer, **described}, cold, described["timings_ms"], tensors)
+
+    def admit(self, model: Model, spec: InputSpec, header: Header) -> "admission.Plan":
+        """Whether an image with this header fits the function's memory, whole or tile by tile
+        (`admission.decide`); `InsufficientMemory` (413) when it does not."""
+        limit = memory.limit(self.settings)
+        available = memory.available(limit) if limit is not None else None
+        m = model.manifest
+        segmentation = m.task == "segmentation"
+        channels = out_channels(model, spec) if segmentation else 1
+        def tiled() -> int:
+            elements = math.prod(tiling.tile_shape(spec))
+            return (admission.decoded(header) + (model.memory.bytes(elements) if model.memory else 0)
+                    + tiling.footprint(header.height, header.width, header.channels, channels, spec)
+                    + header.pixels * admission.MASK_COPIES)
+        tileable = segmentation and spec.image.tiling is not None
+        return admission.decide(header, spec, model.memory, channels, segmentation, available,
+                                tiled if tileable else None, limit)
 
     # -- Open Inference Protocol ----------------------------------------------------------
     def infer(self, document, name: str | None = None, version: str | None = None,
@@ -235,6 +272,16 @@ def check_answer(outputs: dict, binary_output, limit: int) -> None:
                                f"{limit:,} (ONNXFN_MAX_RESPONSE_BYTES): ask for fewer outputs, for binary outputs "
                                "(binary_data_output), send a smaller input, or use the event route, which writes "
                                "answers to storage", code="response_too_large")
+
+
+def out_channels(model: Model, spec: InputSpec) -> int:
+    """The channel count of a segmentation model's primary output (its layout follows the input's), 1 where
+    the session leaves it dynamic."""
+    shape = model.output_shapes.get(model.manifest.primary_output.name) or []
+    axis = spec.axis("C")
+    if axis is not None and len(shape) == len(spec.layout) and isinstance(shape[axis], int) and shape[axis] > 0:
+        return shape[axis]
+    return 1
 
 
 def oip_outputs(outputs: dict, binary_output: bool = False) -> tuple[dict, list[bytes]]:

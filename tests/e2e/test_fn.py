@@ -48,7 +48,8 @@ def test_direct_invocation_classifies_and_reports_everything(digits):
                             "provider": "CPUExecutionProvider", "artifact": "model.onnx", "artifact_kind": "portable",
                             "threads": 1, "tuned": False, "source": "local"}
     steps = {"load", "decode", "preprocess", "inference", "postprocess", "total"}
-    assert set(a["timings_ms"]) == steps | {"load_fetch", "load_engine_import", "load_session", "load_warmup"}
+    assert set(a["timings_ms"]) == steps | {"load_fetch", "load_engine_import", "load_session", "load_warmup",
+                                           "load_memory"}
     assert set(b["timings_ms"]) == steps  # the load's phases are told on the cold call only
     assert a["timings_ms"]["load"] > 0 and b["timings_ms"]["load"] == 0
 
