@@ -53,7 +53,6 @@ TRIM_PATHS = (
     "numpy/**/tests", "numpy/tests", "numpy/f2py", "bin/f2py", "numpy/_core/include", "numpy/_pyinstaller",
     "numpy/**/*.pyi",
     "pydicom/data/test_files", "pydicom/data/charset_files", "pydicom/**/tests",
-    "pydicom/sr",  # structured-report code dictionaries: nothing in pydicom imports them, onnxfn neither
     "PIL/**/*.pyi",
     # pydicom's decoder plugins: their tests and the Cython sources of the compiled extensions
     "pylibjpeg/tests", "pylibjpeg/tools/tests", "libjpeg/tests", "openjpeg/tests", "rle/tests",
