@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = run(args.calls, args.deadline, args.clients.split(","), args.faults.split(","))
     passed = sum(map(row_ok, rows.values()))
     print(f"  {passed}/{len(rows)} rows pass in {time.perf_counter() - t0:.0f} s")
-    return {"rows": rows, "passed": passed, "total": len(rows),
+    return {"rows": rows, "passed": passed, "total": len(rows), "ok": passed == len(rows),
             "command": "python bench/reliability/faults.py " + " ".join(argv if argv is not None else sys.argv[1:])}
 
 

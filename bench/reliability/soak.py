@@ -20,7 +20,8 @@ errors. Every --sample-every calls the RSS (VmRSS) of each function process is r
 --warmup share of the calls is warm-up (the plan visits every payload once there first, so the largest image
 has been seen); the growth is the mean of the last 3 samples against the mean of the first 3 after warm-up
 (goal: <= 2%), and the slope a least-squares fit over every post-warm-up sample (MB per 1,000 calls).
-Latency is the agent's round trip per call (p50/p99 per model). `main(argv)` prints the figures and returns them.
+Latency is the agent's round trip per call (p50/p99 per model). `main(argv)` prints the figures and returns them
+("ok": no errors, both processes alive, both within the growth goal).
 """
 from __future__ import annotations
 
@@ -300,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     figures = run(args.calls, args.sample_every, args.warmup, args.seed, args.largest, args.threads)
     figures["command"] = "python bench/reliability/soak.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    figures["ok"] = (figures["errors"] == 0 and all(figures["alive"].values())
+                     and all(m.get("pass", False) for m in figures["rss"].values()))
     report(figures)
     return figures
 
