@@ -40,6 +40,10 @@ def parser() -> argparse.ArgumentParser:
     size.add_argument("--size", type=lambda t: _pair(t, int), help="HEIGHTxWIDTH the image is resized to")
     size.add_argument("--keep-size", action="store_true", help="dynamic models: keep the image's size")
     pk.add_argument("--pad-multiple", type=int, help="pad kept-size images up to a multiple of N")
+    pk.add_argument("--tile", type=lambda t: _pair(t, int), metavar="HEIGHTxWIDTH",
+                    help="segmentation with kept size: run images too large for the function's memory tile by tile")
+    pk.add_argument("--overlap", type=float, help="with --tile: the fraction of a tile neighbours share (0.25)")
+    pk.add_argument("--blend", choices=("gaussian", "constant"), help="with --tile: how tiles are blended (gaussian)")
     pk.add_argument("--fit", choices=("stretch", "pad", "crop"))
     pk.add_argument("--resample", choices=("nearest", "bilinear", "bicubic", "lanczos", "area"))
     pk.add_argument("--scaling", choices=("unit", "raw", "window", "minmax"))
@@ -164,7 +168,12 @@ def _package(args) -> int:
         "resample": args.resample, "scaling": args.scaling, "window_source": args.window_source,
         "rescale": args.rescale, "mean": args.mean, "std": args.std, "channel_order": args.channel_order,
         "window": {"center": args.window[0], "width": args.window[1]} if args.window else None,
+        "tiling": {k: v for k, v in {"tile": args.tile, "overlap": args.overlap, "blend": args.blend}.items()
+                   if v is not None} if args.tile else None,
     }.items() if v is not None}
+    if (args.overlap is not None or args.blend) and not args.tile:
+        print("onnxfn package: --overlap and --blend go with --tile", file=sys.stderr)
+        return 2
     detection = {k: v for k, v in {
         "format": args.detection_format, "layout": args.yolo_layout, "boxes": args.boxes_output,
         "scores": args.scores_output, "labels": args.labels_output, "score_threshold": args.score_threshold,

@@ -236,3 +236,21 @@ def test_packaging_records_the_models_memory_cost(tmp_path):
     digits = build(MODELS / "digits-cnn" / "model.onnx", tmp_path / "digits", options)
     assert digits.manifest.memory.per_element == 0 and len(digits.manifest.memory.measured) == 1
     assert any(line.startswith("memory cost: ") for line in options.report)
+
+
+def test_package_writes_tiling_and_the_memory_cost_of_a_kept_size_segmenter(tmp_path, capsys):
+    import json
+    from onnxfn.tools.cli import main
+    from tests.support.models import MODELS
+    out = tmp_path / "tiled"
+    code = main(["package", str(MODELS / "lesion-unet" / "model.onnx"), "--out", str(out), "--task", "segmentation",
+                 "--keep-size", "--pad-multiple", "4", "--activation", "sigmoid", "--decision", "threshold",
+                 "--labels", "lesion", "--tile", "256x256", "--overlap", "0.5"])
+    assert code == 0, capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"][0]["image"]["tiling"] == {"tile": [256, 256], "overlap": 0.5, "blend": "gaussian"}
+    assert manifest["memory"]["per_element"] > 0  # a kept-size model's cost grows with the image
+    assert main(["package", str(MODELS / "lesion-unet" / "model.onnx"), "--out", str(tmp_path / "bad"),
+                 "--task", "segmentation", "--keep-size", "--pad-multiple", "4", "--decision", "threshold",
+                 "--tile", "250x256"]) == 2
+    assert "tiling.tile[0] is 250, not a multiple of pad_multiple 4" in capsys.readouterr().err
