@@ -39,13 +39,20 @@ class Request:
         """The Content-Type header, if any."""
         return self.headers.get("content-type")
 
+    @property
+    def wants_dicom(self) -> bool:
+        """Whether the Accept header prefers application/dicom to JSON (`accepts_dicom`)."""
+        return accepts_dicom(self.headers.get("accept"))
+
 
 @dataclass
 class Reply:
     """One answer (status, JSON body, headers) and what the call's log line says of it: the route or,
     for a direct invocation, what it turned out to be (event, infer, predict), and for inference the
     cold flag and timings. `tensors`, when not empty, is binary tensor data that follows the JSON (the
-    OIP binary extension): the body is then the JSON, then those bytes."""
+    OIP binary extension): the body is then the JSON, then those bytes. `document`, when set, is the answer
+    itself in another form (a DICOM SEG or SR): its bytes are sent, with `media_type`, and `body` is what the
+    log line reads of the call."""
     status: int
     body: dict
     headers: dict[str, str] = field(default_factory=dict)
@@ -53,6 +60,8 @@ class Reply:
     cold: bool | None = None
     timings_ms: dict | None = None
     tensors: list[bytes] = field(default_factory=list)
+    document: bytes | None = field(default=None, repr=False)
+    media_type: str | None = None
     _bytes: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -62,7 +71,9 @@ class Reply:
 
     def encoded(self) -> bytes:
         """The body as compact JSON bytes; with binary tensors, the JSON then their bytes, and the JSON's length
-        goes into the `Inference-Header-Content-Length` header. Encoded once."""
+        goes into the `Inference-Header-Content-Length` header; a `document`, its bytes. Encoded once."""
+        if self.document is not None:
+            return self.document
         if self._bytes is None:
             head = json.dumps(self.body, separators=(",", ":")).encode()
             if self.tensors:
@@ -72,8 +83,19 @@ class Reply:
 
     @property
     def content_type(self) -> str:
-        """application/json, or application/octet-stream for an answer carrying binary tensors."""
+        """application/json, application/octet-stream for an answer carrying binary tensors, or a document's
+        media type."""
+        if self.document is not None and self.media_type:
+            return self.media_type
         return binary.CONTENT_TYPE if self.tensors else "application/json"
+
+    @classmethod
+    def answer(cls, answer, dicom: bool = False) -> "Reply":
+        """A `service.Answer` as a 200: its JSON (and binary tensors), or with `dicom` its DICOM result."""
+        if dicom and answer.dicom is not None:
+            return cls(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms,
+                       document=answer.dicom.data, media_type=answer.dicom.media_type)
+        return cls(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms, tensors=answer.tensors)
 
 
 def parse_json(body: bytes):
@@ -82,6 +104,42 @@ def parse_json(body: bytes):
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(f"the body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("the body's JSON nests too deeply", code="invalid_json") from None
+
+
+JSON, DICOM = "application/json", "application/dicom"
+
+
+def accepts_dicom(accept: str | None) -> bool:
+    """Whether an Accept header asks for application/dicom over application/json: DICOM's quality (from its
+    most specific matching range: exact, `application/*`, `*/*`) must be above zero and above JSON's. No
+    header, `*/*`, ties and types neither matches answer JSON, the default (a server may disregard Accept)."""
+    if not accept:
+        return False
+    ranges = []
+    for part in accept.split(","):
+        kind, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0  # an unreadable weight counts for nothing
+        if kind:
+            ranges.append((kind.lower(), q))
+
+    def quality(media: str) -> float:
+        kind = media.split("/")[0]
+        for pattern in (media, kind + "/*", "*/*"):  # the most specific range that matches decides
+            found = [q for k, q in ranges if k == pattern]
+            if found:
+                return max(found)
+        return 0.0
+    dicom = quality(DICOM)
+    return dicom > 0 and dicom > quality(JSON)
 
 
 def path_of(request: Request, base_path: str = "") -> str:
@@ -132,10 +190,14 @@ def find(method: str, path: str) -> Match:
 
 def predict(app, request: Request) -> Reply:
     """POST /predict: an image in, the task's answer out; for a tensor bundle, `?binary_data_output=true` asks
-    for the outputs as OIP binary data (as `/infer`'s `binary_data_output` parameter does)."""
+    for the outputs as OIP binary data (as `/infer`'s `binary_data_output` parameter does); `Accept:
+    application/dicom` for a DICOM input's answer as a DICOM SEG or SR (406 when it has none)."""
     binary_output = parse_qs(urlsplit(request.url).query).get("binary_data_output", [""])[-1].lower() == "true"
-    answer = app.service.predict(request.body, request.content_type, request.deadline, binary_output=binary_output)
-    return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms, tensors=answer.tensors)
+    from onnxfn.service import DICOM_REQUIRED
+    dicom = request.wants_dicom
+    answer = app.service.predict(request.body, request.content_type, request.deadline, binary_output=binary_output,
+                                 dicom=DICOM_REQUIRED if dicom else None)
+    return Reply.answer(answer, dicom)
 
 
 def infer(app, request: Request, name: str | None = None, version: str | None = None) -> Reply:

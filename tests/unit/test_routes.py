@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from onnxfn import routes
-from onnxfn.errors import MethodNotAllowed, NotFound
+from onnxfn.errors import BadRequest, MethodNotAllowed, NotFound
 from onnxfn.routes import Request
 
 
@@ -64,6 +64,12 @@ def test_parse_json_names_the_fault():
         with pytest.raises(Exception) as caught:
             routes.parse_json(bad)
         assert caught.value.status == 400 and caught.value.code == "invalid_json"
+
+
+def test_parse_json_refuses_json_nested_past_the_recursion_limit():
+    with pytest.raises(BadRequest, match="nests too deeply") as e:  # found by bench/reliability/fuzz.py
+        routes.parse_json(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert e.value.status == 400 and e.value.code == "invalid_json"
 
 
 def test_a_reply_with_binary_tensors_is_json_then_bytes():
