@@ -52,7 +52,7 @@ def frame(body: bytes, header: str) -> Framed:
     """Check the `Inference-Header-Content-Length` value against the body and parse the JSON part; a value that
     is not a whole number, or one past the body's end, is a 400."""
     text = (header or "").strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²" and other Unicode digits pass isdigit but not int()
         raise BadRequest(f"the Inference-Header-Content-Length header is {header!r}; it must be the length in bytes "
                          "of the JSON part of the body (0 for a raw binary request)", code="invalid_binary_header")
     length = int(text)

@@ -162,7 +162,8 @@ def test_a_raw_request_not_a_multiple_of_the_fixed_part():
 
 # ------------------------------------------------------------------ malformed framing: a 400 naming the input
 
-@pytest.mark.parametrize("header", ["abc", "-1", "1.5", "", " ", "0x10", "1e3"])
+@pytest.mark.parametrize("header", ["abc", "-1", "1.5", "", " ", "0x10", "1e3",
+                                    "\u00b2", "\u0661\u0662"])  # digits to str.isdigit, not to int (the fuzzer)
 def test_a_header_that_is_not_a_byte_count(header):
     error = refused(b'{"inputs": []}', header)
     assert error.code == "invalid_binary_header" and repr(header) in error.message
