@@ -42,6 +42,17 @@ def _field(data: Any, path: str, kind: type = str):
     return value
 
 
+def _optional(data: Any, path: str, kind: type = str):
+    """data["a"]["b"] when every step is an object and the value is a `kind`, else None: optional fields of any
+    shape are ignored, never a crash."""
+    value = data
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
 class OciEvent:
     """An OCI Events envelope (CloudEvents 0.1) for an Object Storage object."""
 
@@ -72,14 +83,12 @@ class OciEvent:
     @property
     def namespace(self) -> str | None:
         """The Object Storage namespace (data.additionalDetails.namespace), or None."""
-        value = ((self.raw.get("data") or {}).get("additionalDetails") or {}).get("namespace")
-        return value if isinstance(value, str) else None
+        return _optional(self.raw, "data.additionalDetails.namespace")
 
     @property
     def etag(self) -> str | None:
         """The object's ETag (data.additionalDetails.eTag), or None."""
-        value = ((self.raw.get("data") or {}).get("additionalDetails") or {}).get("eTag")
-        return value if isinstance(value, str) else None
+        return _optional(self.raw, "data.additionalDetails.eTag")
 
     def objects(self) -> list[ObjectRef]:
         """The one object this envelope names; `BadRequest` for an event type other than an object's
@@ -123,14 +132,12 @@ class S3Record:
     @property
     def etag(self) -> str | None:
         """The object's ETag (s3.object.eTag), or None."""
-        value = ((self.raw.get("s3") or {}).get("object") or {}).get("eTag")
-        return value if isinstance(value, str) else None
+        return _optional(self.raw, "s3.object.eTag")
 
     @property
     def size(self) -> int | None:
         """The object's size in bytes (s3.object.size), or None."""
-        value = ((self.raw.get("s3") or {}).get("object") or {}).get("size")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return _optional(self.raw, "s3.object.size", int)
 
     def object(self) -> ObjectRef:
         """The object this record names: ObjectCreated:* is created, ObjectRemoved:* deleted, any other
@@ -144,7 +151,7 @@ class S3Record:
             raise BadRequest(f"Records[{self.index}].eventName {name!r} is not an object event; expected "
                              "ObjectCreated:* or ObjectRemoved:*", code="unknown_event")
         return ObjectRef(action, self.bucket, self.key, self.etag, self.size, None,
-                         (self.raw.get("responseElements") or {}).get("x-amz-request-id"), "s3")
+                         _optional(self.raw, "responseElements.x-amz-request-id"), "s3")
 
 
 #: The top-level keys that make a JSON document an object storage event envelope.

@@ -54,6 +54,21 @@ def test_malformed_envelopes_name_the_field(document, words):
         assert word in e.value.message
 
 
+@pytest.mark.parametrize("odd", ["x", 1, [], None])
+def test_optional_fields_of_any_shape_are_ignored(odd):
+    # found by the fuzzer: a string where an object was expected raised AttributeError (a 500)
+    oci = load("oci-createobject.json")
+    oci["data"]["additionalDetails"] = {"bucketName": "scans", "namespace": [odd], "eTag": {"odd": odd}}
+    assert (events.parse(oci)[0].namespace, events.parse(oci)[0].etag) == (None, None)
+    s3 = {"Records": [{"eventName": "ObjectCreated:Put", "responseElements": odd,
+                       "s3": {"bucket": {"name": "b"}, "object": {"key": "k", "eTag": [odd], "size": "7"}}}]}
+    ref = events.parse(s3)[0]
+    assert (ref.key, ref.etag, ref.size, ref.event_id) == ("k", None, None, None)
+    s3["Records"][0]["s3"]["object"] = odd
+    with pytest.raises(BadRequest, match="s3.object"):
+        events.parse(s3)
+
+
 def test_is_event():
     assert events.is_event(load("oci-createobject.json")) and events.is_event(load("s3-put-and-delete.json"))
     assert not events.is_event({"inputs": []}) and not events.is_event("x")
