@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,10 @@ def _array(tensor: dict, spec: InputSpec, where: str, raw=None) -> np.ndarray:
         if isinstance(want, int) and got != want:
             raise BadRequest(f"{where} has size {got} in dimension {axis}, the model takes {want} "
                              f"(shape {_show(spec.shape)})", code="wrong_shape")
+        step = multiple(want)
+        if step > 1 and got % step:
+            raise BadRequest(f"{where} has size {got} in dimension {axis}, the model takes a multiple of {step} "
+                             f"there (dimension {want!r})", code="wrong_shape")
     if raw is not None:
         from onnxfn.codecs import binary
         return binary.decode(raw, dt, shape, where)
@@ -137,6 +142,16 @@ def _array(tensor: dict, spec: InputSpec, where: str, raw=None) -> np.ndarray:
     if flat.size != count:
         raise BadRequest(f"{where} has {flat.size} values but shape {shape} needs {count}", code="shape_mismatch")
     return flat.reshape(shape)
+
+
+def multiple(dim) -> int:
+    """The multiple a dynamic dimension named like "4*h4" must be (as torch.export names dimensions it derived from
+    a symbol); 1 for any other dimension."""
+    match = _MULTIPLE.fullmatch(dim) if isinstance(dim, str) else None
+    return int(match.group(1)) if match else 1
+
+
+_MULTIPLE = re.compile(r"\s*(\d+)\s*\*\s*[A-Za-z_]\w*\s*")
 
 
 def _exact_integers(data: list, values: np.ndarray, dtype: str) -> np.ndarray:

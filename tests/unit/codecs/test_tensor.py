@@ -98,6 +98,16 @@ def test_integers_for_a_float_input_are_converted():
 
 # ------------------------------------------------------------------ refused data
 
+def test_a_dimension_named_k_times_a_symbol_takes_multiples_of_k():
+    # found by the fuzzer: lesion-unet's [batch, 1, "4*h4", "4*w4"] took 3x7 and onnxruntime failed (a 500)
+    unet = spec(name="image", shape=("batch", 1, "4*h4", "4*w4"))
+    assert parse(request(("image", "FP32", [1, 1, 4, 8], [0.0] * 32)), unet).inputs["image"].shape == (1, 1, 4, 8)
+    with pytest.raises(BadRequest, match="multiple of 4") as e:
+        parse(request(("image", "FP32", [1, 1, 3, 8], [0.0] * 24)), unet)
+    assert e.value.code == "wrong_shape" and "dimension 2" in e.value.message
+    assert [tensor.multiple(d) for d in ("4*h4", "16 * w", "batch", "h*4", 8)] == [4, 16, 1, 1, 1]
+
+
 @pytest.mark.parametrize("dtype", INTEGERS)
 def test_integers_out_of_range(dtype):
     info = np.iinfo(dtype)
