@@ -189,7 +189,6 @@ def pil_image(rng: random.Random, fmt: str, mode: str, width: int, height: int):
 
 def encode_image(rng: random.Random, fmt: str | None = None, small: bool = True) -> tuple[bytes, str]:
     """A valid-ish image file: (bytes, its Pillow format name)."""
-    from PIL import Image
     fmt = fmt or rng.choice(list(FORMAT_MODES))
     mode = rng.choice(FORMAT_MODES[fmt])
     r = rng.random()
