@@ -116,11 +116,12 @@ class App:
         if kind == "event":
             return Reply(200, self.events(document, request.deadline))
         if kind == "infer":
-            answer = self.service.infer(document, deadline=request.deadline)
-        else:
-            answer = self.service.predict(request.body, request.content_type, request.deadline)
-        return Reply(200, answer.body, cold=answer.cold, timings_ms=answer.timings_ms,
-                     tensors=answer.tensors)
+            return Reply.answer(self.service.infer(document, deadline=request.deadline))
+        from onnxfn.service import DICOM_REQUIRED
+        dicom = request.wants_dicom  # Accept: application/dicom answers the DICOM SEG or SR itself
+        answer = self.service.predict(request.body, request.content_type, request.deadline,
+                                      dicom=DICOM_REQUIRED if dicom else None)
+        return Reply.answer(answer, dicom)
 
     def _base_path(self) -> str:
         try:

@@ -55,6 +55,13 @@ class MethodNotAllowed(OnnxfnError):
         return {"Allow": ", ".join(self.allowed)}
 
 
+class NotAcceptable(OnnxfnError):
+    """The answer cannot take the form the request asks for (`Accept: application/dicom`): a DICOM result needs
+    a single-frame DICOM input and a segmentation or classification model. Send a DICOM file, or ask for
+    application/json."""
+    status, code = 406, "not_acceptable"
+
+
 class PayloadTooLarge(OnnxfnError):
     """The body, or the image its header declares, is over ONNXFN_MAX_BODY_BYTES or ONNXFN_MAX_PIXELS (checked
     before decoding): send a smaller image, or raise the limit."""

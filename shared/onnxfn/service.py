@@ -6,11 +6,12 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from onnxfn.codecs import binary, payload, tensor
 from onnxfn.codecs.image import Header
 from onnxfn.tasks import detect, postprocess, preprocess, tiling
-from onnxfn.errors import BadRequest, InferenceError, NotFound, ResponseTooLarge
+from onnxfn.errors import BadRequest, InferenceError, NotAcceptable, NotFound, ResponseTooLarge
 from onnxfn.runtime.loader import Runner
 from onnxfn.runtime.model import Model
 from onnxfn.bundles.manifest import InputSpec
@@ -22,11 +23,21 @@ from onnxfn.settings import Settings
 class Answer:
     """What an inference call answers: the JSON body, and for the call's log line whether the call was
     cold and where its time went (both are in the body too, where the protocol puts them); `tensors` holds
-    the data of the outputs asked for as binary (OIP binary extension), in the order the body lists them."""
+    the data of the outputs asked for as binary (OIP binary extension), in the order the body lists them;
+    `dicom` the DICOM result (`dicom_result.Encoded`: a SEG or SR) when one was asked for and could be made,
+    and `dicom_skipped` why not when it was optional."""
     body: dict
     cold: bool
     timings_ms: dict[str, float]
     tensors: list[bytes] = field(default_factory=list)
+    dicom: Any = None
+    dicom_skipped: str = ""
+
+
+#: `Service.predict`'s `dicom`: a DICOM result must be made (406 when it cannot), or is made when it can be.
+DICOM_REQUIRED, DICOM_OPTIONAL = "required", "optional"
+#: the tasks whose answers have a DICOM form (SEG, SR)
+DICOM_TASKS = ("segmentation", "classification")
 
 
 class Timer:
@@ -104,19 +115,28 @@ class Service:
 
     # -- image in, task answer out ----------------------------------------------------
     def predict(self, data: bytes, content_type: str | None, deadline: float | None = None,
-                binary_output: bool = False) -> Answer:
+                binary_output: bool = False, dicom: str | None = None) -> Answer:
         """An image (raw, multipart or base64 JSON; PNG, JPEG, TIFF, BMP or DICOM) in, the task's answer out.
         A `tensor` bundle whose first input has an `image` section answers every output of the model as OIP
         outputs in `result.outputs`: JSON, or with `binary_output` as binary data in `Answer.tensors` (the
-        entries then carry `binary_data_size`, as the OIP binary extension answers)."""
+        entries then carry `binary_data_size`, as the OIP binary extension answers). `dicom` asks for the
+        answer as DICOM too (`Answer.dicom`, a SEG or SR referencing the input): `DICOM_REQUIRED` refuses
+        (406) an input or model that cannot have one, before running the model when it can tell;
+        `DICOM_OPTIONAL` makes it when it can and says why not in `Answer.dicom_skipped`."""
         timer = Timer()
         with timer.step("decode"):
             body = payload.classify(data, content_type, self.settings.max_body_bytes)
         if body.kind == "json":
             raise BadRequest("this route takes an image; send OIP tensors to /v2/models/{name}/infer",
                              code="image_expected")
+        if dicom == DICOM_REQUIRED and body.kind != "dicom":
+            raise NotAcceptable(f"a DICOM result (application/dicom) needs a DICOM input to reference; this input "
+                                f"is {body.kind}: send a DICOM file or ask for application/json")
         model, cold = self.model(timer, deadline=deadline, inference=True)
         m = model.manifest
+        if dicom == DICOM_REQUIRED and m.task not in DICOM_TASKS:
+            raise NotAcceptable(f"model {m.name!r} answers {m.task}, which has no DICOM form (segmentation "
+                                "answers become DICOM SEG, classifications DICOM SR): ask for application/json")
         spec = image_input(m)
         plans: list[admission.Plan] = []
         with timer.step("decode"):  # the header is admitted (whole, tiled or 413) before the pixels are decoded
@@ -159,9 +179,30 @@ class Service:
         if tiled:
             t = spec.image.tiling
             answer["tiling"] = {"tile": list(t.tile), "overlap": t.overlap, "blend": t.blend}
+        source = image.source
         del image, outputs
+        encoded, skipped = None, ""
+        if dicom in (DICOM_REQUIRED, DICOM_OPTIONAL):
+            with timer.step("dicom"):
+                encoded, skipped = self.as_dicom(source, answer, m, required=dicom == DICOM_REQUIRED)
+        del source
         described = self.describe(model, cold, timer)
-        return Answer({**answer, **described}, cold, described["timings_ms"], tensors)
+        return Answer({**answer, **described}, cold, described["timings_ms"], tensors, encoded, skipped)
+
+    def as_dicom(self, source, answer: dict, manifest, required: bool) -> tuple[Any, str]:
+        """The DICOM result of an answer (`dicom_result.encode`) and, when it is optional and cannot be made
+        (not a DICOM input, a multi-frame one, one lacking the UIDs a reference needs, a task without a DICOM
+        form), None and why."""
+        from onnxfn.codecs import dicom_result  # highdicom comes with it, on the first DICOM result only
+        if not required and (source is None or manifest.task not in DICOM_TASKS):
+            why = "the input is not DICOM" if source is None else f"a {manifest.task} answer has no DICOM form"
+            return None, why
+        try:
+            return dicom_result.encode(source, answer, manifest), ""
+        except (BadRequest, NotAcceptable) as e:
+            if required:
+                raise
+            return None, e.message
 
     def admit(self, model: Model, spec: InputSpec, header: Header) -> "admission.Plan":
         """Whether an image with this header fits the function's memory, whole or tile by tile

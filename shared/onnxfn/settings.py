@@ -73,6 +73,10 @@ class Settings:
     """ONNXFN_MEMORY_BYTES: the memory the function may use; 0 reads it from the container's cgroup (v2
     memory.max, v1 memory.limit_in_bytes) or FN_MEMORY (MB). Images whose inference would not fit are tiled
     (when the bundle allows it) or refused with 413 insufficient_memory before they are decoded."""
+    result_formats: str = "json"
+    """ONNXFN_RESULT_FORMATS: what an event writes beside its object: json (`<key>.json`, and the mask), or
+    json,dicom to also write a DICOM SEG (`<key>.seg.dcm`) or SR (`<key>.sr.dcm`) for a single-frame DICOM
+    object answered by a segmentation or classification model (other objects get the JSON only)."""
     top_k: int = 5
     """ONNXFN_TOP_K: how many labels a classification answer lists."""
     threads: int = 0
@@ -128,6 +132,10 @@ class Settings:
         if self.event_sources:
             from onnxfn.events.sources import parse
             parse(self.event_sources)
+        formats = [f.strip().lower() for f in self.result_formats.split(",")]
+        if "json" not in formats or not set(formats) <= {"json", "dicom"}:
+            raise ConfigError(f"ONNXFN_RESULT_FORMATS must be json or json,dicom (the JSON is always written: "
+                              f"it marks a result complete), got {self.result_formats!r}")
         if self.s3_client not in ("auto", "lean", "boto3"):
             raise ConfigError(f"ONNXFN_S3_CLIENT must be auto, lean or boto3, got {self.s3_client!r}")
         if self.oci_auth.lower() not in ("auto", "resource_principal", "keys"):
@@ -140,6 +148,11 @@ class Settings:
             raise ConfigError(f"ONNXFN_BASE_PATH must start with / and not end with one, got {self.base_path!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"ONNXFN_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    @property
+    def dicom_results(self) -> bool:
+        """Whether events write DICOM results beside the JSON (ONNXFN_RESULT_FORMATS=json,dicom)."""
+        return "dicom" in (f.strip().lower() for f in self.result_formats.split(","))
 
 
 def variable(field_name: str) -> str:

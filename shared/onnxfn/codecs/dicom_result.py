@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from onnxfn.bundles.manifest import Concept, LabelCode, Manifest
-from onnxfn.errors import BadRequest, InferenceError
+from onnxfn.errors import BadRequest, InferenceError, NotAcceptable
 
 MEDIA_TYPE = "application/dicom"
 MANUFACTURER = "onnxfn"
@@ -142,7 +142,7 @@ def report(source: Any, result: dict, manifest: Manifest) -> bytes:
 def encode(source: Any, answer: dict, manifest: Manifest, *, probabilities: np.ndarray | None = None) -> Encoded:
     """The DICOM result of a JSON answer (the body `Service.predict` gives): a SEG from a segmentation
     answer's mask (its base64 PNG, class names from `classes` and the manifest), an SR from a
-    classification answer. Any other task has no DICOM form (`BadRequest` not_acceptable, 406)."""
+    classification answer. Any other task has no DICOM form (`NotAcceptable`, 406)."""
     task, result = answer.get("task"), answer.get("result") or {}
     if task == "segmentation":
         mask = _png(result["mask"]["data"])
@@ -150,8 +150,8 @@ def encode(source: Any, answer: dict, manifest: Manifest, *, probabilities: np.n
                                     probabilities=probabilities), ".seg.dcm")
     if task == "classification":
         return Encoded(report(source, result, manifest), ".sr.dcm")
-    raise BadRequest(f"a {task} answer has no DICOM form (segmentation answers become DICOM SEG, "
-                     "classifications DICOM SR): ask for application/json", code="not_acceptable", status=406)
+    raise NotAcceptable(f"a {task} answer has no DICOM form (segmentation answers become DICOM SEG, "
+                        "classifications DICOM SR): ask for application/json")
 
 
 def class_names(manifest: Manifest, result: dict | None = None) -> list[str]:
@@ -175,17 +175,15 @@ def _reference(source: Any):
     from pydicom.dataset import Dataset
 
     if not isinstance(source, Dataset):
-        raise BadRequest("a DICOM result (application/dicom) needs a DICOM input to reference; this image was "
-                         f"not DICOM ({type(source).__name__}): send a DICOM file or ask for application/json",
-                         code="not_acceptable", status=406)
+        raise NotAcceptable("a DICOM result (application/dicom) needs a DICOM input to reference; this image was "
+                            f"not DICOM ({type(source).__name__}): send a DICOM file or ask for application/json")
     missing = [k for k in REQUIRED if not source.get(k)]
     if missing:
         raise BadRequest(f"the DICOM input lacks {', '.join(missing)}: a DICOM result must reference its source "
                          "instance, study and series; send a complete DICOM object or ask for application/json",
                          code="dicom_source_incomplete")
     if int(source.get("NumberOfFrames") or 1) > 1:
-        raise BadRequest("DICOM results of multi-frame inputs are not supported yet: ask for application/json",
-                         code="not_acceptable", status=406)
+        raise NotAcceptable("DICOM results of multi-frame inputs are not supported yet: ask for application/json")
     keep = REFERENCE + PATIENT + STUDY
     if source.get("FrameOfReferenceUID"):
         keep += GEOMETRY

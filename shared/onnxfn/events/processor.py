@@ -7,6 +7,8 @@ Rules:
   documented syntax (`names.py`) and the configured sources (`sources.py`) before anything is
   built from them; any other object is refused, nothing read or written, and logged without
   its names.
+- DICOM results: with ONNXFN_RESULT_FORMATS=json,dicom a DICOM object's SEG or SR is written beside
+  its JSON (objects that cannot have one get the JSON, which says why).
 - Loop-safe: delete events, objects under the output prefix, result-like names and objects
   that are not input types are skipped with a logged reason.
 - Failures: a poison object gets `.error.json` and the invocation succeeds (the platform must
@@ -26,6 +28,7 @@ from onnxfn.errors import BadRequest, InferenceError, ObjectMissing, OnnxfnError
 from onnxfn.events import envelopes as ev, names
 from onnxfn.events.results import DEFAULT_PREFIX, RESULT_SUFFIXES, Results
 from onnxfn.events.sources import VARIABLE, Source, configured
+from onnxfn.service import DICOM_OPTIONAL
 from onnxfn.settings import Settings
 from onnxfn.storage import deadline as storage_deadline
 from onnxfn.storage.retry import retrying
@@ -127,7 +130,8 @@ class Processor:
             tag["source-etag"] = version.strip('"')
         ms["fetch"] = _since(t)
         try:
-            answer = self.service.predict(data, _content_type(ref.key), deadline)
+            answer = self.service.predict(data, _content_type(ref.key), deadline,
+                                          dicom=DICOM_OPTIONAL if self.settings.dicom_results else None)
         except OnnxfnError as e:
             if e.status >= 500 and not isinstance(e, InferenceError):
                 raise  # storage, the model or the configuration, not the object: fail the invocation
@@ -135,7 +139,7 @@ class Processor:
         for step in ("decode", "preprocess", "inference", "postprocess"):
             ms[step] = answer.timings_ms.get(step, 0.0)
         t = time.perf_counter()
-        outputs = results.answer(ref, answer.body, tag)
+        outputs = results.answer(ref, answer.body, tag, answer.dicom, answer.dicom_skipped)
         ms["write"] = _since(t)
         ms["total"] = _since(started)
         if not outputs:
@@ -178,7 +182,7 @@ class Processor:
             return f"the object lies under the output prefix {output.prefix!r} (a result, not an input)"
         lowered = ref.key.lower()
         if lowered.endswith(RESULT_SUFFIXES):
-            return "the object's name is a result's (.json, .mask.png), not an input"
+            return "the object's name is a result's (.json, .mask.png, .npz, .seg.dcm, .sr.dcm), not an input"
         name = lowered.rsplit("/", 1)[-1]
         if "." in name and not lowered.endswith(INPUT_SUFFIXES):
             return f"not an input type ({names.shown(name.rsplit('.', 1)[-1])}); inputs are {', '.join(INPUT_SUFFIXES)} " \

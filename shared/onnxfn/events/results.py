@@ -1,11 +1,12 @@
 """Results beside the objects events name: the answer (`<key>.json`, and `<key>.mask.png` for
-segmentation; for a tensor bundle taking images, its OIP outputs in `<key>.json`, and in `<key>.npz` when
+segmentation; with ONNXFN_RESULT_FORMATS=json,dicom, a DICOM input's SEG `<key>.seg.dcm` or SR
+`<key>.sr.dcm`; for a tensor bundle taking images, its OIP outputs in `<key>.json`, and in `<key>.npz` when
 the JSON would be over `TENSOR_JSON_LIMIT`) or an error record (`<key>.error.json`), written idempotently:
 
 - every write is conditional (If-None-Match: *); only when a result exists already is it looked at;
 - a result records the source ETag and the model's sha256 (object metadata): a replay for the same
   object version and model writes nothing; a new object version or model version first copies the
-  previous result to `<key>.<etag8>-<sha8>.json` (and `.mask.png`), then replaces it with If-Match,
+  previous result to `<key>.<etag8>-<sha8>.json` (and `.mask.png`, `.seg.dcm`...), then replaces it with If-Match,
   so nothing is silently destroyed;
 - keys are data: each key segment is kept, `%` becomes `%25`, and empty, `.` and `..` segments are
   percent-encoded, so results land inside the output prefix and nowhere else; keys too long for a
@@ -23,7 +24,8 @@ from onnxfn.storage.retry import retrying
 from onnxfn.storage.s3 import S3Store
 from onnxfn.storage.store import Stat
 
-RESULT_SUFFIXES = (".json", ".mask.png", ".npz")
+DICOM_SUFFIXES = (".seg.dcm", ".sr.dcm")
+RESULT_SUFFIXES = (".json", ".mask.png", ".npz") + DICOM_SUFFIXES
 #: a tensor answer whose JSON would be larger than this (bytes) has its outputs written to `<key>.npz`
 #: (one array per output name) and the JSON keeps their names, datatypes and shapes, not their data
 TENSOR_JSON_LIMIT = 1 << 20
@@ -52,9 +54,10 @@ class Results:
     def __init__(self, output: S3Store, deadline: float):
         self.output, self.deadline = output, deadline
 
-    def answer(self, ref: ObjectRef, answer: dict, tag: dict) -> tuple[str, ...]:
-        """Write an object's answer (its mask first, the JSON last: its presence means the result is
-        complete); the names actually written (none for a replay)."""
+    def answer(self, ref: ObjectRef, answer: dict, tag: dict, dicom=None, dicom_skipped: str = "") -> tuple[str, ...]:
+        """Write an object's answer (its mask and DICOM result (`dicom_result.Encoded`) first, the JSON last:
+        its presence means the result is complete; the JSON names the DICOM object, or says why there is
+        none when `dicom_skipped`); the names actually written (none for a replay)."""
         answer = {**answer, "source": {"bucket": ref.bucket, "key": ref.key, "etag": tag["source-etag"]},
                   "model": {**answer["model"], "sha256": tag["model-sha256"]}}
         files = []
@@ -63,6 +66,12 @@ class Results:
             png = base64.b64decode(mask.pop("data"))
             mask["key"] = self.output.prefix + result_name(ref.key, ".mask.png")
             files.append((result_name(ref.key, ".mask.png"), png, "image/png"))
+        if dicom is not None:
+            name = result_name(ref.key, dicom.suffix)
+            answer["dicom"] = {"key": self.output.prefix + name, "media_type": dicom.media_type}
+            files.append((name, dicom.data, dicom.media_type))
+        elif dicom_skipped:
+            answer["dicom"] = {"skipped": dicom_skipped}
         document = _compact(answer)
         outputs = answer.get("result", {}).get("outputs")
         if outputs is not None and len(document) > TENSOR_JSON_LIMIT:
@@ -96,7 +105,7 @@ class Results:
         if _same(previous.metadata, tag):
             return False
         old = f"{previous.metadata.get('source-etag', 'unknown')[:8]}-{previous.metadata.get('model-sha256', 'x')[:8]}"
-        suffix = next(s for s in (".mask.png", ".npz", ".json") if name.endswith(s))
+        suffix = next(s for s in (".mask.png", ".npz", *DICOM_SUFFIXES, ".json") if name.endswith(s))
         archive = f"{name[: -len(suffix)]}.{old}{suffix}"
         self._retry(lambda: self.output.copy(name, archive), archive)
         try:

@@ -196,6 +196,7 @@ What the statuses mean, in short:
 | --- | --- | --- |
 | 400 | empty body, corrupt or truncated image, malformed JSON or base64, bad OIP request (unknown or missing input, wrong datatype, shape and data mismatch), multi-frame image, channels the model cannot take | fix the request; the message names what is wrong |
 | 404 / 405 | unknown route, model or version / wrong method | use a route, model and version the function serves |
+| 406 | `Accept: application/dicom` for an answer that has no DICOM form: a non-DICOM or multi-frame input, a model that is neither segmentation nor classification (`not_acceptable`) | send a single-frame DICOM file, or ask for `application/json` |
 | 413 | body over `ONNXFN_MAX_BODY_BYTES`; image header declaring more than `ONNXFN_MAX_PIXELS` (refused before decoding) | send a smaller image, or raise the limit |
 | 415 | unknown content type with unrecognisable bytes; DICOM without pixel data; a DICOM transfer syntax no installed decoder handles (the message names the syntax and the package that would decode it) | send a supported format, or install the decoder |
 | 500 | bad configuration (names the variable); bad bundle (names the manifest field or the artifact; nothing is cached, the next call retries); storage refusing the credentials (`storage_auth_failed`); onnxruntime failing to run the model (`inference_failed`); an unexpected failure (`internal_error`) | fix the configuration or the bundle; report an `internal_error` with the call id from the log |

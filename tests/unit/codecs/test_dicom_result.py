@@ -16,7 +16,7 @@ import pytest
 
 from onnxfn.bundles import manifest as manifests
 from onnxfn.codecs import dicom_result
-from onnxfn.errors import BadRequest, InferenceError
+from onnxfn.errors import BadRequest, InferenceError, NotAcceptable
 from onnxfn.service import Service
 from onnxfn.settings import Settings
 from tests.support.images import pydicom_file
@@ -202,7 +202,7 @@ def test_a_mask_of_another_size_is_refused_naming_both_sizes():
 def test_a_non_dicom_source_is_not_acceptable(bad):
     for call in (lambda: dicom_result.segmentation(bad, np.zeros((8, 8), np.uint8), ["b", "a"], manifest(SEGMENTER)),
                  lambda: dicom_result.report(bad, ANSWER, manifest(CLASSIFIER))):
-        with pytest.raises(BadRequest) as info:
+        with pytest.raises(NotAcceptable) as info:
             call()
         assert (info.value.status, info.value.code) == (406, "not_acceptable")
         assert "application/json" in info.value.message
@@ -215,9 +215,9 @@ def test_a_source_without_uids_or_with_frames_is_refused_clearly():
         dicom_result.report(ds, ANSWER, manifest(CLASSIFIER))
     assert (info.value.status, info.value.code) == (400, "dicom_source_incomplete")
     frames = pydicom.dcmread(pydicom_file("SC_rgb_rle_2frame.dcm"))
-    with pytest.raises(BadRequest, match="multi-frame") as info:
+    with pytest.raises(NotAcceptable, match="multi-frame") as info:
         dicom_result.segmentation(frames, np.zeros((2, 100, 100), np.uint8), ["b", "a"], manifest(SEGMENTER))
-    assert info.value.status == 406
+    assert (info.value.status, info.value.code) == (406, "not_acceptable")
 
 
 # ------------------------------------------------------------------ SR
@@ -288,9 +288,9 @@ def test_encode_turns_real_answers_into_seg_and_sr():
     assert best.finding_type.meaning == answer["result"]["label"]
     assert best.get_measurements()[0].value == pytest.approx(answer["result"]["probability"])
 
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(NotAcceptable) as info:
         dicom_result.encode(ds, {"task": "tensor", "result": {}}, m)
-    assert info.value.status == 406
+    assert (info.value.status, info.value.code) == (406, "not_acceptable")
 
 
 def test_highdicom_is_imported_only_when_a_dicom_result_is_made():
