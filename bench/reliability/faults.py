@@ -11,7 +11,7 @@ and ONNXFN_DEADLINE_MARGIN_MS=300. Per S3 client (lean SigV4, boto3) and per fau
          with a --deadline s Fn-Deadline each; then the fault is cleared and calls (10 s deadline) are made until
          one answers 200 ("recovery": how many it took, at most 5), in the same process;
   warm   the model loaded (ONNXFN_REVALIDATE_SECONDS=1, so the background revalidation meets the fault), then the
-         fault, and --calls calls again.
+         fault, and --calls calls again, more (40 at most) until the revalidation has met the fault.
 
   events a function serving lesion-unet from the image's folder processes one S3 notification for a CT phantom
          while every PUT of its result JSON (written last, after the mask) gets 503 SlowDown, or every result
@@ -120,6 +120,9 @@ def scenario(s3: S3Server, proxy: FaultProxy, uri: str, client: str, fault: Faul
             injected = proxy.injected()
             proxy.set(fault)
             results = [call(fn, deadline) for _ in range(calls)]
+            while phase == "warm" and proxy.injected() == injected and len(results) < 40:
+                time.sleep(0.1)  # until the background revalidation has met the fault
+                results.append(call(fn, deadline))
             faults = proxy.injected() - injected
             proxy.clear()
             row = {**summarize(results, deadline), "injected": faults,
