@@ -749,20 +749,23 @@ class Traces(logging.Handler):
 class Harness:
     """The apps (one per model) and the decoders, in this process, as the fdk calls them."""
 
-    def __init__(self, events: bool, cache_dir: str):
-        import warnings
-        warnings.simplefilter("ignore")
+    def __init__(self, events: bool, cache_dir: str, quiet: bool = True):
         from onnxfn import logs
         from onnxfn.app import App
         from onnxfn.settings import Settings
-        logs.setup("ERROR")
         logger = logging.getLogger("onnxfn")
-        logger.handlers.clear()
         self.traces = Traces()
+        if quiet:  # a worker process of the bench: no log lines, no warnings, tracebacks kept for the report
+            import warnings
+            warnings.simplefilter("ignore")
+            logs.setup("ERROR")
+            logger.handlers.clear()
+            logging.getLogger().setLevel(logging.CRITICAL)   # the fdk sets the root logger to DEBUG
+            for handler in logging.getLogger().handlers:
+                handler.setLevel(logging.CRITICAL)
+            for name in ("fn", *logs.NOISY):  # the fdk logs escaped exceptions to "fn": counted here instead
+                logging.getLogger(name).setLevel(logging.CRITICAL)
         logger.addHandler(self.traces)
-        logging.getLogger().setLevel(logging.CRITICAL)       # the fdk sets the root logger to DEBUG
-        for name in ("fn", *logs.NOISY):  # the fdk logs escaped exceptions to "fn": counted here instead
-            logging.getLogger(name).setLevel(logging.CRITICAL)
         sources = f"s3://{BUCKET}/" if events else "s3://fuzz-never-allowed/"
 
         def factory(model: str):
@@ -770,6 +773,10 @@ class Harness:
                                     event_sources=sources, cache_dir=cache_dir)
         self.apps = {model: App(factory(model)) for model in MODELS}
         self.loop = asyncio.new_event_loop()
+
+    def close(self) -> None:
+        """Stop keeping tracebacks (a test's harness, in a process that goes on)."""
+        logging.getLogger("onnxfn").removeHandler(self.traces)
 
     def specs(self, model: str):
         """The model's inputs, as the manifest declares them."""
