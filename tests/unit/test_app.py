@@ -261,3 +261,28 @@ def test_an_answer_whose_bytes_exceed_the_response_limit_becomes_a_413():
     roomy = App(lambda: settings()).handle(Request("POST", "/predict", {"content-type": "image/png"}, DIGIT,
                                                    gateway=True))
     assert roomy.status == 200 and 300 < len(roomy.encoded()) < Settings.max_response_bytes
+
+
+def test_accept_dicom_answers_the_dicom_object_on_the_route_and_by_direct_invocation(lines):
+    import io
+    import highdicom as hd
+    from tests.support.images import pydicom_file
+    ct = pydicom_file("CT_small.dcm").read_bytes()
+    app = App(lambda: settings(top_k=2))
+    for gateway_call in (True, False):
+        headers = {"content-type": "application/dicom", "accept": "application/json;q=0.8, application/dicom"}
+        reply = app.handle(Request("POST", "/predict" if gateway_call else "/", headers, ct, gateway=gateway_call))
+        assert reply.status == 200 and reply.content_type == "application/dicom", reply.body
+        groups = hd.sr.srread(io.BytesIO(reply.encoded())).content.get_image_measurement_groups()
+        assert [g.finding_type.meaning for g in groups] == [t["label"] for t in reply.body["result"]["top"]]
+        assert lines()[-1]["status"] == 200 and lines()[-1]["route"] == "predict"
+    json_reply = app.handle(Request("POST", "/predict", {"accept": "*/*"}, ct, gateway=True))
+    assert json_reply.content_type == "application/json" and json_reply.body["task"] == "classification"
+
+
+def test_accept_dicom_for_a_png_is_a_406(app, lines):
+    reply = app.handle(Request("POST", "/imaging/predict", {"content-type": "image/png", "accept": "application/dicom"},
+                               DIGIT, gateway=True))
+    assert (reply.status, reply.body["code"]) == (406, "not_acceptable") and reply.content_type == "application/json"
+    assert "DICOM input" in reply.body["error"] and "application/json" in reply.body["error"]
+    assert lines()[-1]["outcome"] == "not_acceptable"

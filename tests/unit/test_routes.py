@@ -80,3 +80,27 @@ def test_a_reply_with_binary_tensors_is_json_then_bytes():
     assert framed.encoded() == b'{"outputs":[]}\x01\x02\x03'
     assert framed.headers == {"Inference-Header-Content-Length": "14"}
     assert framed.content_type == "application/octet-stream"
+
+
+@pytest.mark.parametrize("accept, dicom", [
+    (None, False), ("", False), ("*/*", False), ("application/json", False), ("application/*", False),
+    ("application/dicom", True), ("APPLICATION/DICOM", True),
+    ("application/dicom, application/json", False),                 # a tie: JSON, the default
+    ("application/json;q=0.5, application/dicom", True),
+    ("application/dicom;q=0.5, application/json", False),
+    ("application/dicom, */*;q=0.1", True),                         # */* weighs JSON less than DICOM
+    ("application/json;q=0, */*", True),                            # JSON refused, anything else taken
+    ("application/dicom;q=0", False), ("application/dicom;q=0, application/json;q=0", False),
+    ("image/png", False), ("application/dicom;q=bad", False),
+    ("application/dicom; q=0.9 , application/*;q=0.8", True),
+])
+def test_accept_weighs_dicom_against_json(accept, dicom):
+    assert routes.accepts_dicom(accept) is dicom
+    assert Request("POST", "/predict", {"accept": accept} if accept is not None else {}).wants_dicom is dicom
+
+
+def test_a_reply_with_a_document_sends_its_bytes_and_media_type():
+    from onnxfn.routes import Reply
+    reply = Reply(200, {"task": "segmentation"}, document=b"DICM...", media_type="application/dicom")
+    assert reply.encoded() == b"DICM..." and reply.content_type == "application/dicom"
+    assert reply.body == {"task": "segmentation"}  # what the log line reads

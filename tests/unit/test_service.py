@@ -154,3 +154,80 @@ def test_check_answer_estimates_json_and_binary_sizes():
     check_answer(values, lambda _: True, 50 * 40 * 4)  # binary: exactly its bytes
     with pytest.raises(ResponseTooLarge):
         check_answer(values, lambda _: True, 50 * 40 * 4 - 1)
+
+
+# -- DICOM results ------------------------------------------------------------------------------
+
+PHANTOM = (MODELS.parent / "samples" / "phantom.dcm").read_bytes()
+
+
+def mask_of(answer) -> np.ndarray:
+    import base64
+    import io
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.body["result"]["mask"]["data"]))))
+
+
+def test_a_dicom_input_answers_a_seg_whose_pixels_are_the_json_mask():
+    import io
+    import highdicom as hd
+    import pydicom
+    from onnxfn.service import DICOM_REQUIRED
+    service = service_for(MODELS / "lesion-unet")
+    plain = service.predict(PHANTOM, "application/dicom")
+    assert plain.dicom is None and "dicom" not in plain.timings_ms
+    answer = service.predict(PHANTOM, "application/dicom", dicom=DICOM_REQUIRED)
+    assert answer.dicom.suffix == ".seg.dcm" and answer.dicom.media_type == "application/dicom"
+    assert answer.timings_ms["dicom"] > 0 and answer.body["task"] == "segmentation"  # the JSON is still there
+    mask = mask_of(answer)
+    assert mask.any()  # the phantom has a lesion: an empty mask would prove nothing
+    source = pydicom.dcmread(io.BytesIO(PHANTOM))
+    seg = hd.seg.segread(io.BytesIO(answer.dicom.data))
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])
+    assert np.array_equal(pixels[0, :, :, 0], (mask == 1).astype(pixels.dtype))
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_a_dicom_classification_answers_an_sr():
+    import highdicom as hd
+    import io
+    from onnxfn.service import DICOM_REQUIRED
+    from tests.support.images import pydicom_file
+    service = service_for(MODELS / "digits-cnn")
+    answer = service.predict(pydicom_file("CT_small.dcm").read_bytes(), None, dicom=DICOM_REQUIRED)
+    assert answer.dicom.suffix == ".sr.dcm"
+    best = hd.sr.srread(io.BytesIO(answer.dicom.data)).content.get_image_measurement_groups()[0]
+    assert best.finding_type.meaning == answer.body["result"]["label"]
+    assert best.get_measurements()[0].value == pytest.approx(answer.body["result"]["probability"])
+
+
+def test_a_required_dicom_result_is_refused_before_the_model_runs(bundles):
+    from onnxfn.errors import NotAcceptable
+    from onnxfn.service import DICOM_REQUIRED
+    from tests.support.images import pydicom_file
+    service = service_for(MODELS / "digits-cnn")
+    with pytest.raises(NotAcceptable, match="needs a DICOM input.*png.*application/json") as png:
+        service.predict(DIGIT, "image/png", dicom=DICOM_REQUIRED)
+    assert (png.value.status, png.value.code) == (406, "not_acceptable")
+    assert service.predict(DIGIT, "image/png").cold is True  # the refusal did not even load the model
+    tensor = service_for(bundles["adder"])
+    with pytest.raises(NotAcceptable, match="answers tensor, which has no DICOM form"):
+        tensor.predict(pydicom_file("CT_small.dcm").read_bytes(), None, dicom=DICOM_REQUIRED)
+
+
+def test_an_optional_dicom_result_says_why_it_was_not_made():
+    from onnxfn.service import DICOM_OPTIONAL
+    service = service_for(MODELS / "digits-cnn")
+    answer = service.predict(DIGIT, "image/png", dicom=DICOM_OPTIONAL)
+    assert answer.dicom is None and answer.dicom_skipped == "the input is not DICOM"
+    assert answer.body["result"]["label"] == "7"
+    import io
+    import pydicom
+    from tests.support.images import pydicom_file
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    del ds.StudyInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    incomplete = service.predict(buffer.getvalue(), "application/dicom", dicom=DICOM_OPTIONAL)
+    assert incomplete.dicom is None and "lacks StudyInstanceUID" in incomplete.dicom_skipped
+    assert incomplete.body["task"] == "classification"  # the JSON answer stands

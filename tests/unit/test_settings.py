@@ -149,3 +149,14 @@ def test_storage_timeout_must_be_positive(raw):
     assert Settings.from_env({"ONNXFN_STORAGE_TIMEOUT": "5"}).storage_timeout == 5
     error = refused({"ONNXFN_STORAGE_TIMEOUT": raw})
     assert error.message.startswith("ONNXFN_STORAGE_TIMEOUT must be a positive") and raw in error.message
+
+
+@pytest.mark.parametrize("raw, dicom", [("json", False), ("json,dicom", True), (" DICOM , json ", True)])
+def test_result_formats(raw, dicom):
+    assert Settings.from_env({"ONNXFN_RESULT_FORMATS": raw}).dicom_results is dicom
+
+
+@pytest.mark.parametrize("raw", ["dicom", "json,png", "json,,dicom", "xml"])
+def test_result_formats_must_be_json_or_json_and_dicom(raw):
+    with pytest.raises(ConfigError, match="ONNXFN_RESULT_FORMATS must be json or json,dicom"):
+        Settings.from_env({"ONNXFN_RESULT_FORMATS": raw})

@@ -144,6 +144,16 @@ def test_an_allowed_object_is_fetched_the_control(processor, listener):
     assert answer["objects"][0]["outcome"] == "skipped" and listener.connections > before
 
 
+def test_dicom_results_are_not_taken_for_inputs(processor, listener):
+    """A `.seg.dcm` / `.sr.dcm` (and an archived one) ends in .dcm, an input type: it is skipped as a result
+    without a request, so writing DICOM results beside their inputs cannot trigger the function again."""
+    before = listener.connections
+    answer = processor.handle(s3(("uploads", "a.seg.dcm"), ("uploads", "a.sr.dcm"),
+                                 ("uploads", "a.e1-bbbbbbbb.seg.dcm")), None)
+    assert [o["outcome"] for o in answer["objects"]] == ["skipped"] * 3 and listener.connections == before
+    assert all(".seg.dcm" in o["reason"] for o in answer["objects"])
+
+
 def test_no_sources_configured_is_a_configuration_error_naming_the_variable(listener):
     settings = Settings(model_uri=str(MODELS / "digits-cnn"), baked_bundle="", threads=1)
     from onnxfn.errors import ConfigError
