@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxfn.errors import BadRequest, UnsupportedMediaType
+from onnxfn.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from onnxfn.codecs.image import Admit, Header, Image, check_pixels
 from onnxfn.bundles.manifest import Window
 
@@ -50,7 +50,7 @@ def decode(data: bytes, max_pixels: int, admit: Admit | None = None) -> Image:
     """Decode a single-frame DICOM file into an `Image` (stored values, rescale, VOI window, MONOCHROME1),
     refusing oversized images before decoding pixels; `admit` sees the header first and may refuse it too.
     A multi-frame file is refused (400 multi_frame): `decode_frames` reads it."""
-    ds, attrs = _open(data)
+    ds, attrs = _open(data, max_pixels)
     check_pixels(attrs.columns, attrs.rows, attrs.frames, max_pixels, "the DICOM image")
     if attrs.frames > 1:
         raise BadRequest(f"the DICOM file holds {attrs.frames} frames; {FRAMES_ADVICE}", code="multi_frame")
@@ -64,7 +64,7 @@ def decode_frames(data: bytes, max_pixels: int, admit: Admit | None = None) -> l
     has its stored values, its own rescale and window (Per-frame Functional Groups, else Shared, else the top
     level), `position` along the slice normal, `spacing` and `frame` (its index). frames x rows x columns is
     checked against `max_pixels` (413 too_many_pixels) and `admit` sees the header, before pixels are decoded."""
-    ds, attrs = _open(data)
+    ds, attrs = _open(data, max_pixels)
     check_pixels(attrs.columns, attrs.rows, attrs.frames, max_pixels, "the DICOM image")
     if admit is not None:
         admit(_header(attrs))
@@ -76,8 +76,37 @@ def _header(attrs: _Attributes) -> Header:
     return Header(attrs.columns, attrs.rows, attrs.samples, max(1, -(-attrs.allocated // 8)), "dicom", attrs.frames)
 
 
-def _open(data: bytes):
+#: the Deflated Explicit VR Little Endian transfer syntax: the dataset after the file meta is one deflate stream
+DEFLATED = b"1.2.840.10008.1.2.1.99"
+
+
+def _check_deflated(data: bytes, max_pixels: int) -> None:
+    """A deflated dataset is inflated whole by pydicom, with no bound: a 6 MB body could inflate to gigabytes.
+    Inflate it here first, stopping at what `max_pixels` of 16-bit colour could hold (413 beyond); a damaged
+    stream is a 400."""
+    import struct
+    import zlib
+
+    if data[128:132] != b"DICM" or DEFLATED not in data[132:4096]:
+        return
+    try:
+        (meta_length,) = struct.unpack_from("<I", data, 132 + 8)  # (0002,0000) UL: the file meta's length
+    except struct.error:
+        return  # pydicom refuses it
+    bound = max_pixels * 6 + (1 << 20)
+    try:
+        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[132 + 12 + meta_length:], bound + 1)
+    except zlib.error as e:
+        raise BadRequest(f"the deflated DICOM dataset is damaged: {e}", code="invalid_dicom") from None
+    if len(inflated) > bound:
+        raise PayloadTooLarge(f"the deflated DICOM dataset inflates to more than {bound:,} bytes, more than "
+                              f"{max_pixels:,} pixels (ONNXFN_MAX_PIXELS) of 16-bit colour could need",
+                              code="too_many_pixels")
+
+
+def _open(data: bytes, max_pixels: int):
     """The dataset and its pixel attributes; 400/415 when it is no readable image object."""
+    _check_deflated(data, max_pixels)
     pydicom = _pydicom()
     corrupt = _corrupt()
     try:
@@ -328,9 +357,10 @@ def _transfer_syntax(ds) -> None:
 def _corrupt() -> tuple[type[BaseException], ...]:
     """What pydicom raises on a damaged file."""
     import struct
+    import zlib
     from pydicom.errors import BytesLengthException, InvalidDicomError
     return (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, KeyError, IndexError,
-            TypeError, AttributeError, OverflowError, NotImplementedError, struct.error)
+            TypeError, AttributeError, OverflowError, NotImplementedError, struct.error, zlib.error)
 
 
 def _reason(e: BaseException) -> str:

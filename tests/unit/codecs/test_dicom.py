@@ -492,3 +492,28 @@ def test_plugins_are_imported_only_when_a_compressed_file_arrives():
     assert {"pylibjpeg", "libjpeg", "openjpeg", "rle"} <= set(seen["MR_small_jpeg_ls_lossless.dcm"])
     # registered late, the plugins keep the order pydicom tries them in (available_plugins is sorted by name)
     assert seen["order"] == [["pylibjpeg", "pillow"], ["pylibjpeg", "pydicom"]]
+
+
+def _deflated(ds) -> bytes:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_a_deflated_dataset_decodes_and_a_deflate_bomb_is_refused_before_it_inflates():
+    import pydicom
+    from onnxfn.errors import PayloadTooLarge
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    im = dicom.decode(_deflated(ds), LIMIT)
+    np.testing.assert_array_equal(im.pixels, ds.pixel_array)
+    ds.Rows, ds.Columns = 4000, 4000  # 32 MB of zeros deflate to ~30 KB
+    ds.PixelData = bytes(4000 * 4000 * 2)
+    bomb = _deflated(ds)
+    assert len(bomb) < 200_000
+    with pytest.raises(PayloadTooLarge, match="inflates to more than") as refused:
+        dicom.decode(bomb, 1_000_000)
+    assert refused.value.code == "too_many_pixels"
+    with pytest.raises(BadRequest, match="deflated DICOM dataset is damaged"):
+        dicom.decode(bomb[:-20000] + bytes(20000), 1_000_000 * 1000)
