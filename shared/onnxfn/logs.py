@@ -10,7 +10,8 @@ import logging
 import sys
 
 NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "PIL", "pydicom", "fdk", "asyncio", "onnxruntime",
-         "pylibjpeg", "libjpeg", "openjpeg", "rle")  # pydicom's decoder plugins log each decode at DEBUG
+         "pylibjpeg", "libjpeg", "openjpeg", "rle",  # pydicom's decoder plugins log each decode at DEBUG
+         "highdicom")  # logs each source's SOP Instance UID at INFO while it copies patient and study attributes
 _configured = False
 
 
