@@ -16,7 +16,8 @@ once before the run:
 
 Half the calls are direct invocations, half API Gateway calls (/predict, /v2/.../infer). Every payload has an
 expected outcome (200, or its 4xx); a call whose outcome differs, any 5xx, and any fdk-level failure count as
-errors. Every --sample-every calls the RSS (VmRSS) of each function process is read from /proc. The first
+errors. Every --sample-every calls the RSS (VmRSS, the goal's measure, and RssAnon, its heap and arenas alone) of
+each function process is read from /proc. The first
 --warmup share of the calls is warm-up (the plan visits every payload once there first, so the largest image
 has been seen); the growth is the mean of the last 3 samples against the mean of the first 3 after warm-up
 (goal: <= 2%), and the slope a least-squares fit over every post-warm-up sample (MB per 1,000 calls).
@@ -216,6 +217,15 @@ def memory(samples: list[tuple[int, float]], warm: int) -> dict:
             "slope_mb_per_1000": round(_slope(after), 3), "pass": (end - start) / start <= GOAL}
 
 
+def rss_anon(pid: int) -> float:
+    """RssAnon in MB: the process's own heap and arenas, without the file-backed pages (libraries) the kernel may
+    drop from VmRSS when the shared machine is short of memory."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run(calls: int, sample_every: int, warmup: float, seed: int, largest: int, threads: int) -> dict:
     """The soak itself; the figures as a dict."""
     pool = payloads(seed, largest)
@@ -225,6 +235,7 @@ def run(calls: int, sample_every: int, warmup: float, seed: int, largest: int, t
                              timeout=DEADLINE + 10) for m, path in MODELS.items()}
     latencies: dict[str, list[float]] = {m: [] for m in MODELS}
     rss: dict[str, list[tuple[int, float]]] = {m: [] for m in MODELS}
+    anon: dict[str, list[tuple[int, float]]] = {m: [] for m in MODELS}
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}
     examples: list[str] = []
@@ -250,6 +261,7 @@ def run(calls: int, sample_every: int, warmup: float, seed: int, largest: int, t
                 for m, fn in functions.items():
                     if fn.alive:
                         rss[m].append((i, procfs.status(fn.process.pid)["VmRSS"]))
+                        anon[m].append((i, rss_anon(fn.process.pid)))
         alive = {m: fn.alive for m, fn in functions.items()}
     finally:
         for fn in functions.values():
@@ -264,6 +276,7 @@ def run(calls: int, sample_every: int, warmup: float, seed: int, largest: int, t
                            "p99": round(1000 * _percentile(v, 0.99), 2), "max": round(1000 * max(v), 1)}
                        for m, v in latencies.items() if v},
         "rss": {m: memory(s, warm) for m, s in rss.items()},
+        "rss_anon": {m: memory(s, warm) for m, s in anon.items()},
         "loadavg": procfs.loadavg(),
     }
 
@@ -279,11 +292,12 @@ def report(figures: dict) -> None:
         print(f"    e.g. {example}")
     for model, lat in figures["latency_ms"].items():
         print(f"  {model:6} latency ms: p50 {lat['p50']}  p99 {lat['p99']}  max {lat['max']}  ({lat['calls']} calls)")
-    for model, mem in figures["rss"].items():
+    for (what, model), mem in [(("RSS", m), v) for m, v in figures["rss"].items()] + \
+            [(("RssAnon", m), v) for m, v in figures["rss_anon"].items()]:
         if "growth" not in mem:
-            print(f"  {model:6} RSS: {mem}")
+            print(f"  {model:6} {what}: {mem}")
             continue
-        print(f"  {model:6} RSS MB: after warm-up {mem['warm_mb']}  end {mem['end_mb']}  max {mem['max_mb']}  "
+        print(f"  {model:6} {what} MB: after warm-up {mem['warm_mb']}  end {mem['end_mb']}  max {mem['max_mb']}  "
               f"growth {100 * mem['growth']:+.2f}% (goal <= {100 * GOAL:.0f}%: {'PASS' if mem['pass'] else 'MISS'})  "
               f"slope {mem['slope_mb_per_1000']:+.3f} MB/1000 calls  ({mem['samples']} samples)")
     print(f"  loadavg after: {figures['loadavg']}")
