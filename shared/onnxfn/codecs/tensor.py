@@ -54,7 +54,7 @@ def parse_request(body: Any, specs: tuple[InputSpec, ...], binary: dict | None =
         if not isinstance(tensor, dict):
             raise BadRequest(f"{where} must be an object with name, shape, datatype and data", code="invalid_request")
         name = tensor.get("name")
-        if name not in known:
+        if not isinstance(name, str) or name not in known:  # a list or object name is not hashable
             raise BadRequest(f"{where} names input {name!r}, which this model does not have; "
                              f"its inputs are {', '.join(repr(n) for n in known)}", code="unknown_input")
         if name in arrays:
@@ -105,6 +105,9 @@ def _array(tensor: dict, spec: InputSpec, where: str, raw=None) -> np.ndarray:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
         raise BadRequest(f"{where} needs `shape`, a list of non-negative whole numbers", code="invalid_shape")
+    if any(d >= 2 ** 63 for d in shape):  # no data can fill it; numpy cannot even make an empty array of it
+        raise BadRequest(f"{where} has shape {shape}, a dimension past 2**63 - 1: no tensor has that shape",
+                         code="shape_mismatch")
     if len(shape) != len(spec.shape):
         raise BadRequest(f"{where} has shape {shape} ({len(shape)} dimensions) but the model takes "
                          f"{len(spec.shape)} dimensions {_show(spec.shape)}", code="wrong_shape")
@@ -113,9 +116,9 @@ def _array(tensor: dict, spec: InputSpec, where: str, raw=None) -> np.ndarray:
             raise BadRequest(f"{where} has size {got} in dimension {axis}, the model takes {want} "
                              f"(shape {_show(spec.shape)})", code="wrong_shape")
         step = multiple(want)
-        if step > 1 and got % step:
-            raise BadRequest(f"{where} has size {got} in dimension {axis}, the model takes a multiple of {step} "
-                             f"there (dimension {want!r})", code="wrong_shape")
+        if step > 1 and (got % step or not got):
+            raise BadRequest(f"{where} has size {got} in dimension {axis}, the model takes a positive multiple of "
+                             f"{step} there (dimension {want!r})", code="wrong_shape")
     if raw is not None:
         from onnxfn.codecs import binary
         return binary.decode(raw, dt, shape, where)

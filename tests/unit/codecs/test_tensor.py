@@ -106,6 +106,20 @@ def test_a_dimension_named_k_times_a_symbol_takes_multiples_of_k():
         parse(request(("image", "FP32", [1, 1, 3, 8], [0.0] * 24)), unet)
     assert e.value.code == "wrong_shape" and "dimension 2" in e.value.message
     assert [tensor.multiple(d) for d in ("4*h4", "16 * w", "batch", "h*4", 8)] == [4, 16, 1, 1, 1]
+    with pytest.raises(BadRequest, match="positive multiple of 4"):  # an empty image: onnxruntime's Conv fails
+        parse(request(("image", "FP32", [0, 1, 0, 40], [])), unet)
+
+
+@pytest.mark.parametrize("tensor_, code", [
+    (("image", "FP32", [0, 1, 2 ** 63, 8], []), "shape_mismatch"),  # numpy: "Maximum allowed dimension exceeded"
+    (({}, "FP32", [1, 4], [1, 2, 3, 4]), "unknown_input"),           # a name that is not hashable
+    ((["x"], "FP32", [1, 4], [1, 2, 3, 4]), "unknown_input"),
+])
+def test_shapes_and_names_that_crashed_are_refused(tensor_, code):
+    # found by the fuzzer: each was a 500 (ValueError, TypeError)
+    with pytest.raises(BadRequest) as e:
+        parse(request(tensor_), spec(name="image", shape=("batch", 1, "h", 8)), spec())
+    assert e.value.code == code
 
 
 @pytest.mark.parametrize("dtype", INTEGERS)
