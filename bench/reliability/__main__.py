@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         results[row] = result
         if result.get("ok") is False:
             failed.append(row)
-    print(f"\nbattery: {'FAIL: ' + ', '.join(failed) if failed else 'PASS'} "
-          f"({', '.join(f'{r} {v['seconds']} s' for r, v in results.items())})")
+    times = ", ".join(f"{row} {result['seconds']} s" for row, result in results.items())
+    print(f"\nbattery: {'FAIL: ' + ', '.join(failed) if failed else 'PASS'} ({times})")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str))
     return 1 if failed else 0
