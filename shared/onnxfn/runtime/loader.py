@@ -180,11 +180,29 @@ class Runner:
             loading = self._loading
             stale = (loading is not None and loading.done() and
                      (not claimed or (loading.budget is not None and loading.budget <= time.monotonic())))
-            if loading is None or stale:
+            began = loading is None or stale
+            if began:
                 self._begin(deadline, warmup=not inference)
             loading = self._loading
         try:
-            return loading.result(timeout=None if budget is None else max(0.0, budget - time.monotonic())), True
+            return self._wait(loading, budget), True
+        except OnnxfnError:
+            # a load begun for an earlier call that failed only because that call's time ran out (its last
+            # storage request was still stuck on a fault when this call came): this call has time of its own
+            if began or loading.budget is None or loading.budget > time.monotonic() or \
+                    (budget is not None and budget <= time.monotonic()):
+                raise
+            with self._lock:
+                if self._loading is loading:
+                    self._begin(deadline, warmup=not inference)
+                loading = self._loading
+            return self._wait(loading, budget), True
+
+    @staticmethod
+    def _wait(loading: Future, budget: float | None) -> Model:
+        """The model `loading` gives, waited for until `budget`; `LoadTimeout` (503) beyond it."""
+        try:
+            return loading.result(timeout=None if budget is None else max(0.0, budget - time.monotonic()))
         except FutureTimeout:
             raise LoadTimeout("the model is still loading (cold start) and could not be ready before this call's "
                               "deadline; loading goes on: retry in a few seconds") from None
