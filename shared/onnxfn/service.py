@@ -10,7 +10,7 @@ from typing import Any
 
 from onnxfn.codecs import binary, payload, tensor
 from onnxfn.codecs.image import Header
-from onnxfn.tasks import detect, postprocess, preprocess, tiling
+from onnxfn.tasks import detect, postprocess, preprocess, tiling, volume
 from onnxfn.errors import BadRequest, InferenceError, NotAcceptable, NotFound, ResponseTooLarge
 from onnxfn.runtime.loader import Runner
 from onnxfn.runtime.model import Model
@@ -38,6 +38,9 @@ class Answer:
 DICOM_REQUIRED, DICOM_OPTIONAL = "required", "optional"
 #: the tasks whose answers have a DICOM form (SEG, SR)
 DICOM_TASKS = ("segmentation", "classification")
+#: why a multi-frame input has no DICOM result (406 when one is required)
+MULTI_FRAME_DICOM = ("DICOM results (application/dicom) of multi-frame inputs are not supported yet: ask for "
+                     "application/json, whose answer holds every frame's result")
 
 
 class Timer:
@@ -138,53 +141,52 @@ class Service:
             raise NotAcceptable(f"model {m.name!r} answers {m.task}, which has no DICOM form (segmentation "
                                 "answers become DICOM SEG, classifications DICOM SR): ask for application/json")
         spec = image_input(m)
+        mode = spec.image.frames
         plans: list[admission.Plan] = []
-        with timer.step("decode"):  # the header is admitted (whole, tiled or 413) before the pixels are decoded
-            image = payload.decode_image(body, self.settings.max_pixels,
-                                         lambda header: plans.append(self.admit(model, spec, header)))
-        tiled = bool(plans) and plans[0].tiled
-        if m.task == "tensor":
-            names = None  # every output
-        else:
-            names = detect.output_names(m) if m.task == "detection" else [m.primary_output.name]
-        if tiled:
-            ran = [model]
 
-            def infer(feed):
-                values, ran[0] = self.run(ran[0], {spec.name: feed}, names, deadline)
-                return values[m.primary_output.name]
-            with timer.step("inference"):  # tile by tile: pre-processing, inference and blending together
-                output, geometry = tiling.run(image, spec, infer)
-            outputs, model = {m.primary_output.name: output}, ran[0]
-        else:
-            with timer.step("preprocess"):
-                feed, geometry = preprocess.prepare(image, spec)
-            with timer.step("inference"):
-                outputs, model = self.run(model, {spec.name: feed}, names, deadline)
-            del feed
-        tensors: list[bytes] = []
-        with timer.step("postprocess"):
-            if m.task == "tensor":
-                check_answer(outputs, lambda _: binary_output, self.settings.max_response_bytes)
-                result, tensors = oip_outputs(outputs, binary_output)
-            elif m.task == "detection":
-                result = detect.detect(outputs, m, geometry)
-            elif m.task == "classification":
-                result = postprocess.classify(outputs[m.primary_output.name], m.primary_output, self.settings.top_k)
+        def admit(header: Header) -> None:
+            if header.frames > 1 and dicom == DICOM_REQUIRED:
+                raise NotAcceptable(f"{MULTI_FRAME_DICOM} (this file holds {header.frames} frames)")
+            plans.append(self.admit(model, spec, header))
+        with timer.step("decode"):  # the header is admitted (whole, tiled or 413) before the pixels are decoded
+            if mode is None:  # multi-frame files are refused (400 multi_frame, naming the `frames` option)
+                images = [payload.decode_image(body, self.settings.max_pixels, admit)]
             else:
-                result = postprocess.segment(outputs[m.primary_output.name], m.primary_output, spec, geometry)
-        answer = {"task": m.task, "result": result,
-                  "image": {"format": image.format, "width": image.width, "height": image.height,
-                            "channels": image.channels, "bits": image.bits}}
-        if tiled:
+                images = payload.decode_frames(body, self.settings.max_pixels, admit)
+        count = len(images)
+        info = {"format": images[0].format, "width": images[0].width, "height": images[0].height,
+                "channels": images[0].channels, "bits": images[0].bits}
+        if count > 1 or mode == "volume":
+            info["frames"] = count
+        source = images[0].source
+        run = _Run(self, model, spec, deadline, timer, bool(plans) and plans[0].tiled, binary_output)
+        extra: dict = {}
+        if mode == "volume":
+            result, tensors = run.volume(images)
+            extra["volume"] = run.described_volume
+        elif mode == "each" and count > 1:
+            result, tensors = {"frames": []}, []
+            while images:  # each frame's arrays are dropped before the next frame runs
+                image = images.pop(0)
+                frame = image.frame
+                entry, _ = run.image(image)
+                del image
+                result["frames"].append({"frame": frame, **entry})
+        else:  # "first", or a single frame
+            del images[1:]
+            result, tensors = run.image(images.pop())
+        model = run.model
+        answer = {"task": m.task, "result": result, "image": info, **extra}
+        if run.tiled:
             t = spec.image.tiling
             answer["tiling"] = {"tile": list(t.tile), "overlap": t.overlap, "blend": t.blend}
-        source = image.source
-        del image, outputs
         encoded, skipped = None, ""
         if dicom in (DICOM_REQUIRED, DICOM_OPTIONAL):
             with timer.step("dicom"):
-                encoded, skipped = self.as_dicom(source, answer, m, required=dicom == DICOM_REQUIRED)
+                if count > 1:  # `admit` refused a required one before decoding
+                    skipped = MULTI_FRAME_DICOM
+                else:
+                    encoded, skipped = self.as_dicom(source, answer, m, required=dicom == DICOM_REQUIRED)
         del source
         described = self.describe(model, cold, timer)
         return Answer({**answer, **described}, cold, described["timings_ms"], tensors, encoded, skipped)
@@ -270,6 +272,77 @@ class Service:
                 "outputs": [{"name": o.name, "datatype": tensor.datatype(sessions.dtype(o.type)),
                              "shape": tensor.shape_of(o.shape)} for o in model.session.get_outputs()],
                 "parameters": {"task": m.task, "sha256": m.portable.sha256}}
+
+
+class _Run:
+    """One predict call's inference, an image (or a frame, or a volume) at a time: pre-processing (or tiles), the
+    model, post-processing into the task's result, timed into the call's timer. `model` is the model that ran
+    last (a failed first run may swap it, `Service.run`)."""
+
+    def __init__(self, service: Service, model: Model, spec: InputSpec, deadline: float | None, timer: Timer,
+                 tiled: bool, binary_output: bool):
+        self.service, self.model, self.spec, self.deadline, self.timer = service, model, spec, deadline, timer
+        self.tiled, self.binary_output = tiled, binary_output
+        m = model.manifest
+        if m.task == "tensor":
+            self.names = None  # every output
+        else:
+            self.names = detect.output_names(m) if m.task == "detection" else [m.primary_output.name]
+        self.described_volume: dict | None = None
+
+    def infer(self, feed) -> dict:
+        """The model's outputs for one input tensor."""
+        outputs, self.model = self.service.run(self.model, {self.spec.name: feed}, self.names, self.deadline)
+        return outputs
+
+    def image(self, image) -> tuple[dict, list[bytes]]:
+        """The task's result for one 2-D image (whole or tile by tile), and a tensor task's binary outputs."""
+        m, timer = self.model.manifest, self.timer
+        if self.tiled:
+            primary = m.primary_output.name
+            with timer.step("inference"):  # tile by tile: pre-processing, inference and blending together
+                output, geometry = tiling.run(image, self.spec, lambda feed: self.infer(feed)[primary])
+            outputs = {primary: output}
+        else:
+            with timer.step("preprocess"):
+                feed, geometry = preprocess.prepare(image, self.spec)
+            with timer.step("inference"):
+                outputs = self.infer(feed)
+            del feed
+        with timer.step("postprocess"):
+            return self.result(outputs, geometry)
+
+    def volume(self, images: list) -> tuple[dict, list[bytes]]:
+        """The task's result for frames stacked as one volume (`tasks.volume`), run once; `images` is emptied
+        once stacked. A segmentation's result is one mask per frame, in the file's order."""
+        m, timer = self.model.manifest, self.timer
+        with timer.step("preprocess"):
+            feed, geometry, stacked = volume.stack(images, self.spec)
+        images.clear()
+        with timer.step("inference"):
+            outputs = self.infer(feed)
+        del feed
+        self.described_volume = stacked.describe()
+        with timer.step("postprocess"):
+            if m.task != "segmentation":
+                return self.result(outputs, geometry)
+            out = m.primary_output
+            planes = volume.planes(outputs.pop(out.name), self.spec, stacked, out.name)
+            return {"frames": [{"frame": i, **postprocess.segment(plane, out, flat, geometry)}
+                               for i, (plane, flat) in enumerate(planes)]}, []
+
+    def result(self, outputs: dict, geometry) -> tuple[dict, list[bytes]]:
+        """The task's result from the model's outputs, and a tensor task's binary outputs."""
+        m = self.model.manifest
+        if m.task == "tensor":
+            check_answer(outputs, lambda _: self.binary_output, self.service.settings.max_response_bytes)
+            return oip_outputs(outputs, self.binary_output)
+        if m.task == "detection":
+            return detect.detect(outputs, m, geometry), []
+        if m.task == "classification":
+            return postprocess.classify(outputs[m.primary_output.name], m.primary_output,
+                                        self.service.settings.top_k), []
+        return postprocess.segment(outputs[m.primary_output.name], m.primary_output, self.spec, geometry), []
 
 
 def image_input(m) -> InputSpec:

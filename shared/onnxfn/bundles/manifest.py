@@ -16,7 +16,9 @@ FORMAT = 1
 TASKS = ("classification", "segmentation", "tensor", "detection")
 DTYPES = ("float32", "float64", "float16", "uint8", "uint16", "uint32", "uint64",
           "int8", "int16", "int32", "int64", "bool", "string")
-LAYOUTS = ("NCHW", "NHWC", "CHW", "HWC", "NHW", "HW", "NF")
+LAYOUTS = ("NCHW", "NHWC", "CHW", "HWC", "NHW", "HW", "NF", "NCDHW", "NDHWC")
+FRAMES = ("first", "each", "volume")  # how a multi-frame image is served (None: refused)
+FRAME_TASKS = {"each": ("classification", "segmentation"), "volume": ("classification", "segmentation", "tensor")}
 COLORS = ("L", "RGB")
 FITS = ("stretch", "pad", "crop")
 RESAMPLES = ("nearest", "bilinear", "bicubic", "lanczos", "area")
@@ -87,6 +89,7 @@ class ImageSpec:
     std: tuple[float, ...] | None = None
     channel_order: str = "RGB"
     tiling: Tiling | None = None
+    frames: str | None = None  # multi-frame images: "first", "each" (one answer per frame), "volume"; None refuses
 
     @property
     def channels(self) -> int:
@@ -105,7 +108,7 @@ class InputSpec:
     image: ImageSpec | None = None
 
     def axis(self, letter: str) -> int | None:
-        """The position of axis `letter` (N, C, H, W or F) in the layout; None without a layout or that axis."""
+        """The position of axis `letter` (N, C, D, H, W or F) in the layout; None without a layout or that axis."""
         return self.layout.index(letter) if self.layout and letter in self.layout else None
 
 
@@ -381,6 +384,7 @@ def _image(r: _Reader) -> ImageSpec:
         std=r.numbers("std", None, length=channels),
         channel_order=r.get("channel_order", str, "RGB", choices=("RGB", "BGR")),
         tiling=_tiling(_Reader(r.data["tiling"], r.path("tiling"))) if r.data.get("tiling") is not None else None,
+        frames=r.get("frames", str, None, choices=FRAMES),
     )
     if spec.pad_multiple < 1:
         raise r.fail("pad_multiple", f"must be 1 or more, got {spec.pad_multiple}")
@@ -434,6 +438,7 @@ def _check_image_input(spec: InputSpec, r: _Reader) -> None:
                                     f"dimension is {spec.shape[c_axis]}")
     if c_axis is None and spec.layout != "NF" and image.color != "L":
         raise r.fail("image.color", f"must be L: layout {spec.layout} has no channel axis")
+    _check_depth(spec, r)
     h_axis, w_axis = spec.axis("H"), spec.axis("W")
     if spec.layout == "NF":
         if image.size is None:
@@ -453,6 +458,19 @@ def _check_image_input(spec: InputSpec, r: _Reader) -> None:
         object.__setattr__(image, "size", (static[0], static[1]))
     elif any(isinstance(d, int) for d in static):
         raise r.fail("image.size", "is required when only one of height and width is fixed")
+
+
+def _check_depth(spec: InputSpec, r: _Reader) -> None:
+    """A depth axis (D) and `frames: "volume"` go together: the frames are what fills that axis."""
+    image = spec.image
+    if spec.axis("D") is not None and image.frames != "volume":
+        raise r.fail("image.frames", f"must be volume for layout {spec.layout}: its depth axis (D) is filled with a "
+                                     f"multi-frame image's frames; got {image.frames!r}")
+    if image.frames == "volume" and spec.axis("D") is None:
+        raise r.fail("layout", f"is {spec.layout}, which has no depth axis: frames \"volume\" stacks the frames on "
+                               "one (NCDHW or NDHWC)")
+    if image.frames == "volume" and image.tiling is not None:
+        raise r.fail("image.tiling", "applies to 2-D images; frames \"volume\" runs the whole volume at once")
 
 
 def _output(r: _Reader) -> OutputSpec:
@@ -614,8 +632,10 @@ def _check(m: Manifest, r: _Reader) -> None:
             if spec.image is not None:
                 raise r.fail(f"inputs[{i}].image", "applies to a tensor model's first input only: the one an "
                                                    "image sent to /predict or by an event becomes")
-        if m.inputs[0].image is not None and m.inputs[0].image.tiling is not None:
-            raise r.fail("inputs[0].image.tiling", "applies to segmentation only; this is a tensor model")
+        if m.inputs[0].image is not None:
+            if m.inputs[0].image.tiling is not None:
+                raise r.fail("inputs[0].image.tiling", "applies to segmentation only; this is a tensor model")
+            _check_frames(m, m.inputs[0], r)
         return
     images = [i for i in m.inputs if i.image is not None]
     if len(m.inputs) != 1 or len(images) != 1:
@@ -633,6 +653,14 @@ def _check(m: Manifest, r: _Reader) -> None:
             raise r.fail("inputs[0].layout", "NF cannot carry a segmentation image")
     elif images[0].image.tiling is not None:
         raise r.fail("inputs[0].image.tiling", f"applies to segmentation only; this is a {m.task} model")
+    _check_frames(m, images[0], r)
+
+
+def _check_frames(m: Manifest, spec: InputSpec, r: _Reader) -> None:
+    frames = spec.image.frames
+    if frames in FRAME_TASKS and m.task not in FRAME_TASKS[frames]:
+        raise r.fail("inputs[0].image.frames", f"{frames} applies to {' and '.join(FRAME_TASKS[frames])} models; "
+                                               f"this is a {m.task} model")
 
 
 def _check_detection(m: Manifest, r: _Reader) -> None:

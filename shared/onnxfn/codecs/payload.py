@@ -162,3 +162,13 @@ def decode_image(body: Body, max_pixels: int, admit=None):
         return dicom.decode(body.data, max_pixels, admit)
     from onnxfn.codecs import image
     return image.decode(body.data, body.kind, max_pixels, admit)
+
+
+def decode_frames(body: Body, max_pixels: int, admit=None) -> list:
+    """Every frame of an image body as `Image`s in the file's order (`dicom.decode_frames`: each frame with its own
+    rescale, window and position; frames x pixels checked against `max_pixels`); any other image is one frame.
+    For a bundle whose manifest says how frames are served (`frames`); `decode_image` refuses multi-frame files."""
+    if body.kind == "dicom":
+        from onnxfn.codecs import dicom
+        return dicom.decode_frames(body.data, max_pixels, admit)
+    return [decode_image(body, max_pixels, admit)]

@@ -37,12 +37,13 @@ class Plan:
 
 def model_elements(header: Header, spec: InputSpec) -> int:
     """The elements of the model's input tensor for this image: its fixed size, or the image padded to
-    `pad_multiple` (a fully convolutional model)."""
+    `pad_multiple` (a fully convolutional model); times the frames for a volume (a depth axis)."""
     cfg = spec.image
+    depth = max(header.frames, 1) if spec.axis("D") is not None else 1  # a volume: every frame in one tensor
     if cfg.size is not None:
-        return cfg.size[0] * cfg.size[1] * cfg.channels
+        return cfg.size[0] * cfg.size[1] * cfg.channels * depth
     m = cfg.pad_multiple
-    return -(-header.height // m) * m * -(-header.width // m) * m * cfg.channels
+    return -(-header.height // m) * m * -(-header.width // m) * m * cfg.channels * depth
 
 
 def whole(header: Header, spec: InputSpec, cost: MemoryCost | None, out_channels: int, segmentation: bool) -> int:
