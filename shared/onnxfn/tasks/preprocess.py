@@ -3,10 +3,15 @@ Pillow's C resampling; no per-pixel Python.
 
 Order: colour -> intensity (unit / raw / window / minmax, MONOCHROME1 inversion)
 -> geometry (resize, fit, pad) -> mean/std -> channel order -> layout -> dtype.
+An 8-bit (grey or RGB) image that shrinks, whose intensity step is linear per pixel (unit, or raw without
+MONOCHROME1's data-dependent inversion) and whose resampling has no negative lobes (nearest, bilinear, area)
+is resized first, as integers in one Pillow call, and the other steps run on the small image: what
+torchvision's PIL pipeline does; the values differ from the float order by Pillow's rounding (at most one
+level of 255: two passes, each rounded; nearest is identical), never by clipping.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -16,6 +21,9 @@ from onnxfn.bundles.manifest import ImageSpec, InputSpec
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "area": 4}  # PIL.Image.Resampling
+# Kernels with no negative lobes: an integer resize only rounds. Bicubic and lanczos overshoot at edges, which
+# an integer image clips (values change by more than rounding there), so they resize in float32.
+INTEGER_RESAMPLE = frozenset({"nearest", "bilinear", "area"})
 
 
 @dataclass(frozen=True)
@@ -38,11 +46,12 @@ def normalise(image: Image, cfg: ImageSpec) -> tuple[np.ndarray, Geometry]:
     intensity, geometry, mean/std, channel order), and the geometry it went through. `layout` of it, or of
     any window of it, is the model's tensor for that window. Holds one such array (plus the caller's
     pixels); a colour image made grey also holds its float32 colour copy while converting."""
-    pixels = _color(image, cfg)
-    if cfg.size is None:
-        values, geometry = _padded(image, pixels, cfg)
+    if cfg.size is not None and _resizes_first(image, cfg):
+        values, geometry = _resized_first(image, cfg)
+    elif cfg.size is None:
+        values, geometry = _padded(image, _color(image, cfg), cfg)
     else:
-        values, geometry = _geometry(_intensity(image, pixels, cfg), cfg)
+        values, geometry = _geometry(_intensity(image, _color(image, cfg), cfg), cfg)
     if cfg.mean is not None:
         values -= np.asarray(cfg.mean, dtype=np.float32)
     if cfg.std is not None:
@@ -131,17 +140,47 @@ def _padded(image: Image, pixels: np.ndarray, cfg: ImageSpec) -> tuple[np.ndarra
     return canvas, Geometry((h, w), (h, w), (0, 0), target)
 
 
-def _geometry(values: np.ndarray, cfg: ImageSpec) -> tuple[np.ndarray, Geometry]:
-    """Resize (and pad or crop) to the manifest's fixed `size`."""
-    h, w = values.shape[:2]
-    th, tw = cfg.size
+def _resizes_first(image: Image, cfg: ImageSpec) -> bool:
+    """Whether to resize the stored integers first: 8-bit grey or colour kept colour (Pillow's L or RGB; its
+    I;16 resize is slower than float32 and its nearest picks other pixels), every step before the resize
+    linear per pixel (then only rounding changes), and the image shrinks (the float steps then run on fewer
+    pixels)."""
+    pixels = image.pixels
+    h, w = pixels.shape[:2]
+    (th, tw), _ = _fit((h, w), cfg)
+    # 8-bit only: a 1-bit image stored in uint8 (0/1) would round to its own full range. Colour made grey
+    # converts first: then one channel is resized, not three.
+    integer = pixels.dtype == np.uint8 and image.bits == 8 and (pixels.ndim == 2 or cfg.channels == 3)
+    linear = cfg.scaling == "unit" or cfg.scaling == "raw" and not image.invert  # raw inverts by min + max
+    return integer and linear and cfg.resample in INTEGER_RESAMPLE and th * tw < h * w
+
+
+def _resized_first(image: Image, cfg: ImageSpec) -> tuple[np.ndarray, Geometry]:
+    """The stored pixels resized as integers, then colour and intensity on the small image, then placed."""
+    h, w = image.pixels.shape[:2]
+    size, offset = _fit((h, w), cfg)
+    small = replace(image, pixels=resize(image.pixels, size, cfg.resample))
+    values = _intensity(small, _color(small, cfg), cfg)
+    return _place(values, size, offset, cfg.size, cfg.pad_value), Geometry((h, w), size, offset, tuple(cfg.size))
+
+
+def _fit(original: tuple[int, int], cfg: ImageSpec) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The resized (h, w) of an `original`-sized image under the manifest's `size` and `fit`, and its offset."""
+    (h, w), (th, tw) = original, cfg.size
     if cfg.fit == "stretch":
         size = (th, tw)
     else:
         scale = (min if cfg.fit == "pad" else max)(th / h, tw / w)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return size, ((th - size[0]) // 2, (tw - size[1]) // 2)
+
+
+def _geometry(values: np.ndarray, cfg: ImageSpec) -> tuple[np.ndarray, Geometry]:
+    """Resize (and pad or crop) to the manifest's fixed `size`."""
+    h, w = values.shape[:2]
+    size, offset = _fit((h, w), cfg)
     resized = resize(values, size, cfg.resample)
-    offset = ((th - size[0]) // 2, (tw - size[1]) // 2)
+    th, tw = cfg.size
     return _place(resized, size, offset, (th, tw), cfg.pad_value), Geometry((h, w), size, offset, (th, tw))
 
 
@@ -163,12 +202,13 @@ def _overlap(size, offset, target):
 
 
 def resize(values: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
-    """Resize HxWxC float32 (or HxW uint8 masks) to size=(h, w) with Pillow, channel by channel."""
+    """Resize to size=(h, w) with Pillow: HxW (uint8 masks and grey) or HxWx3 uint8 in one call, HxWxC float32
+    channel by channel."""
     from PIL import Image as PILImage
 
     if values.shape[:2] == tuple(size):
         return values
-    if values.ndim == 2:
+    if values.ndim == 2 or values.dtype == np.uint8 and values.shape[2] == 3:
         return np.asarray(PILImage.fromarray(values).resize((size[1], size[0]), RESAMPLE[method]))
     channels = [np.asarray(PILImage.fromarray(np.ascontiguousarray(values[..., c], dtype=np.float32))
                            .resize((size[1], size[0]), RESAMPLE[method])) for c in range(values.shape[2])]

@@ -451,3 +451,89 @@ def test_a_model_sized_label_mask_restores_to_the_image_size(h, w, th, tw, fit):
     restored = preprocess.restore(labels, g)
     assert restored.shape == (h, w) and restored.dtype == np.uint8
     assert set(np.unique(restored)) <= set(range(5))
+
+
+# ------------------------------------------------------------------ integer resize first (8-bit, shrinking, linear)
+
+def float_order(image: Image, cfg: manifest.ImageSpec):
+    """normalise with the integer path turned off: colour, intensity, then the float32 resize."""
+    path = preprocess._resizes_first
+    preprocess._resizes_first = lambda *_: False
+    try:
+        return preprocess.normalise(image, cfg)
+    finally:
+        preprocess._resizes_first = path
+
+
+def noise(shape, dtype=np.uint8, high=256) -> np.ndarray:
+    return np.random.default_rng(7).integers(0, high, shape).astype(dtype)
+
+
+def test_a_shrunk_8bit_image_is_pillows_8bit_resize_then_scaled():
+    """What the hand-written handler and torchvision's PIL pipeline compute, to the float32 bit."""
+    from PIL import Image as PILImage
+    pixels = noise((90, 70))
+    cfg = spec("HW", size=[32, 24], mean=[0.5], std=[0.25]).image
+    values, geometry = preprocess.normalise(grey(pixels), cfg)
+    small = np.asarray(PILImage.fromarray(pixels).resize((24, 32), PILImage.BILINEAR), dtype=np.float32)
+    np.testing.assert_allclose(values[..., 0], (small / 255 - 0.5) / 0.25, rtol=0, atol=1e-6)
+    assert geometry == Geometry((90, 70), (32, 24), (0, 0), (32, 24))
+
+
+@pytest.mark.parametrize("color,shape", [("L", (120, 90)), ("RGB", (120, 90, 3))])
+@pytest.mark.parametrize("method", ["bilinear", "area"])
+@pytest.mark.parametrize("scaling", ["unit", "raw"])
+def test_the_integer_path_differs_from_the_float_order_by_at_most_one_level(color, shape, method, scaling):
+    image = Image(noise(shape), 8, "png")
+    cfg = spec("NCHW", color=color, size=[40, 50], resample=method, scaling=scaling, rescale=[2.0, -10.0]).image
+    assert preprocess._resizes_first(image, cfg)
+    new, g_new = preprocess.normalise(image, cfg)
+    old, g_old = float_order(image, cfg)
+    level = 1 / 255 if scaling == "unit" else 2.0
+    assert g_new == g_old and new.shape == old.shape and new.dtype == np.float32
+    assert np.abs(new - old).max() <= level * 1.0001
+    assert np.abs(new - old).max() > 0  # the integer path did run: Pillow rounds
+
+
+def test_nearest_on_the_integer_path_picks_the_same_pixels():
+    image = Image(noise((101, 77, 3)), 8, "png")
+    cfg = spec("NHWC", color="RGB", size=[33, 20], resample="nearest", channel_order="BGR").image
+    assert preprocess._resizes_first(image, cfg)
+    np.testing.assert_array_equal(preprocess.normalise(image, cfg)[0], float_order(image, cfg)[0])
+
+
+@settings(max_examples=80, deadline=None)
+@given(h=st.integers(2, 60), w=st.integers(2, 60), th=st.integers(1, 40), tw=st.integers(1, 40),
+       fit=st.sampled_from(["stretch", "pad", "crop"]))
+def test_the_integer_path_keeps_the_geometry_and_the_restored_masks(h, w, th, tw, fit):
+    image = Image(noise((h, w)), 8, "png")
+    cfg = spec("HW", size=[th, tw], fit=fit, pad_value=-1).image
+    new, g_new = preprocess.normalise(image, cfg)
+    old, g_old = float_order(image, cfg)
+    assert g_new == g_old and new.shape == old.shape
+    assert ((new == -1) == (old == -1)).all()  # the same padding: the content sits where it sat
+    labels = (np.arange(th * tw) % 5).astype(np.uint8).reshape(th, tw)
+    np.testing.assert_array_equal(preprocess.restore(labels, g_new), preprocess.restore(labels, g_old))
+
+
+@pytest.mark.parametrize("why,image,options", [
+    ("window is clipped", Image(noise((60, 60)), 8, "png"), {"scaling": "window", "window": {"center": 128, "width": 64}}),
+    ("minmax is data-dependent", Image(noise((60, 60)), 8, "png"), {"scaling": "minmax"}),
+    ("raw inverts by min + max", Image(noise((60, 60)), 8, "dicom", invert=True), {"scaling": "raw"}),
+    ("bicubic overshoots, 8-bit clips", Image(noise((60, 60)), 8, "png"), {"resample": "bicubic"}),
+    ("lanczos overshoots, 8-bit clips", Image(noise((60, 60)), 8, "png"), {"resample": "lanczos"}),
+    ("16-bit", Image(noise((60, 60), np.uint16, 65536), 16, "png"), {}),
+    ("1-bit stored in uint8", Image(noise((60, 60), high=2), 1, "dicom"), {}),
+    ("upscaling", Image(noise((10, 10)), 8, "png"), {"size": [30, 30]}),
+    ("colour made grey", Image(noise((60, 60, 3)), 8, "png"), {}),
+])
+def test_the_float_order_is_kept_where_an_integer_resize_would_change_more_than_rounding(why, image, options):
+    cfg = spec("HW", **{"size": [20, 20], **options}).image
+    assert not preprocess._resizes_first(image, cfg), why
+    np.testing.assert_array_equal(preprocess.normalise(image, cfg)[0], float_order(image, cfg)[0])
+
+
+def test_a_1bit_image_shrinks_to_fractions_not_to_rounded_levels():
+    pixels = np.tile(np.array([[0, 1], [1, 0]], np.uint8), (10, 10))
+    values, _ = preprocess.normalise(Image(pixels, 1, "dicom"), spec("HW", size=[10, 10], resample="area").image)
+    np.testing.assert_allclose(values, 0.5, atol=1e-6)
