@@ -231,3 +231,147 @@ def test_an_optional_dicom_result_says_why_it_was_not_made():
     incomplete = service.predict(buffer.getvalue(), "application/dicom", dicom=DICOM_OPTIONAL)
     assert incomplete.dicom is None and "lacks StudyInstanceUID" in incomplete.dicom_skipped
     assert incomplete.body["task"] == "classification"  # the JSON answer stands
+
+
+# -- multi-frame images: the manifest's `frames` --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def framed(tmp_path_factory) -> dict:
+    """Bundles that take multi-frame images: the linear classifier with frames first and each, the identity
+    segmenter with each (window from the file: a pixel is marked where its HU > 0), and the 3-D bundles."""
+    from onnxfn.tools.package import Options, build
+    from tests.support.models import identity_segmenter, linear_classifier
+    from tests.support.volumes import volume_bundles
+    root = tmp_path_factory.mktemp("framed")
+    out = volume_bundles(root / "volumes")
+    for frames in ("first", "each"):
+        out[f"cls-{frames}"] = build(linear_classifier(root / f"cls-{frames}.onnx"), root / f"cls-{frames}",
+                                     Options(name=f"cls-{frames}", task="classification", activation="softmax",
+                                             image={"frames": frames, "scaling": "window",
+                                                    "window_source": "file"})).root
+    out["seg-each"] = build(identity_segmenter(root / "seg.onnx"), root / "seg-each",
+                            Options(name="seg-each", task="segmentation", activation="sigmoid", decision="threshold",
+                                    labels=["dense"], image={"frames": "each", "scaling": "window",
+                                                             "window_source": "file"})).root
+    return out
+
+
+def hounsfield(stored, rescales) -> list[np.ndarray]:
+    return [stored[i].astype(np.float64) * slope + intercept for i, (slope, intercept) in enumerate(rescales)]
+
+
+def masks_of(result: dict) -> list[np.ndarray]:
+    import base64
+    import io
+    from PIL import Image
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(f["mask"]["data"])))) for f in result["frames"]]
+
+
+def test_a_multi_frame_file_is_refused_unless_the_manifest_says_how_to_serve_it():
+    from tests.support.volumes import enhanced_ct
+    data, _, _ = enhanced_ct([0.0, 1.0, 2.0])
+    with pytest.raises(BadRequest, match='3 frames.*"frames" option') as e:
+        service_for(MODELS / "digits-cnn").predict(data, "application/dicom")
+    assert (e.value.status, e.value.code) == (400, "multi_frame")
+
+
+def test_each_frame_is_classified_in_file_order_and_first_answers_frame_0(framed):
+    from tests.support.volumes import enhanced_ct
+    data, _, _ = enhanced_ct([0.0, 3.0, 1.0, 2.0], size=8)
+    each = service_for(framed["cls-each"]).predict(data, "application/dicom").body
+    first = service_for(framed["cls-first"]).predict(data, "application/dicom").body
+    frames = each["result"]["frames"]
+    assert [f["frame"] for f in frames] == [0, 1, 2, 3] and "volume" not in each
+    assert each["image"] == {"format": "dicom", "width": 8, "height": 8, "channels": 1, "bits": 16, "frames": 4}
+    assert len({json_of(f["top"]) for f in frames}) == 4  # four frames, four rescales, four answers
+    assert first["result"] == {k: v for k, v in frames[0].items() if k != "frame"}
+    assert first["image"]["frames"] == 4
+    single = service_for(framed["cls-each"]).predict((MODELS.parent / "samples" / "phantom.dcm").read_bytes(),
+                                                     "application/dicom").body
+    assert "frames" not in single["result"] and "frames" not in single["image"]  # one frame: the usual answer
+
+
+def json_of(value) -> str:
+    import json
+    return json.dumps(value, sort_keys=True)
+
+
+def test_each_frame_is_segmented_with_its_own_rescale(framed):
+    from tests.support.volumes import enhanced_ct
+    data, stored, rescales = enhanced_ct([0.0, 1.0, 2.0])
+    answer = service_for(framed["seg-each"]).predict(data, "application/dicom").body
+    masks = masks_of(answer["result"])
+    assert len(masks) == 3
+    for mask, hu, entry in zip(masks, hounsfield(stored, rescales), answer["result"]["frames"]):
+        np.testing.assert_array_equal(mask, (hu > 0).astype(np.uint8))
+        assert entry["classes"][0]["pixels"] == int((hu > 0).sum())
+
+
+def test_a_volume_is_ordered_by_position_and_its_mask_mapped_back_per_frame(framed):
+    from tests.support.volumes import enhanced_ct
+    positions = [5.0, -5.0, 0.0, 10.0]
+    data, stored, rescales = enhanced_ct(positions)
+    answer = service_for(framed["shifter"]).predict(data, "application/dicom").body
+    assert answer["volume"] == {"depth": 4, "order": [1, 2, 0, 3], "spacing": [5.0, 0.5, 0.75]}
+    assert answer["image"]["frames"] == 4
+    hu = hounsfield(stored, rescales)
+    order = answer["volume"]["order"]
+    masks = masks_of(answer["result"])
+    assert [f["frame"] for f in answer["result"]["frames"]] == [0, 1, 2, 3]
+    for frame, mask in enumerate(masks):
+        depth = order.index(frame)  # the model marks a slice where the next slice along the normal has HU > 0
+        expected = (hu[order[depth + 1]] > 0) if depth + 1 < len(order) else np.zeros_like(mask, dtype=bool)
+        np.testing.assert_array_equal(mask, expected.astype(np.uint8))
+    assert masks[3].sum() == 0 and masks[0].sum() > 0
+
+
+def test_a_volume_classifier_sees_the_frames_stacked_in_position_order(framed, tmp_path):
+    from tests.support.volumes import enhanced_ct, volume_classifier
+    _, weights = volume_classifier(tmp_path / "same-weights.onnx")
+    data, stored, rescales = enhanced_ct([3.0, 1.0, 2.0, 0.0])
+    service = service_for(framed["volume-cls"])
+    answer = service.predict(data, "application/dicom").body
+    hu = hounsfield(stored, rescales)
+    stacked = np.stack([hu[i] for i in (3, 1, 2, 0)])
+    unit = (stacked - stacked.min()) / (stacked.max() - stacked.min())  # minmax over the whole volume
+    logits = unit.reshape(1, -1) @ weights.astype(np.float64)
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert answer["result"]["probability"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+    assert answer["result"]["label"] == "abc"[int(probabilities.argmax())]
+    assert [t["probability"] for t in answer["result"]["top"]] == pytest.approx(
+        sorted(probabilities[0].tolist(), reverse=True), abs=1e-5)
+    five, _, _ = enhanced_ct([0.0, 1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(BadRequest, match=r"takes 4 frame\(s\) on its depth axis \(D\); this image holds 5") as e:
+        service.predict(five, "application/dicom")
+    assert e.value.code == "wrong_shape"
+
+
+def test_frames_times_pixels_count_against_the_pixel_limit(framed):
+    from onnxfn.errors import PayloadTooLarge
+    from tests.support.volumes import enhanced_ct
+    data, _, _ = enhanced_ct([0.0, 1.0, 2.0, 3.0])  # 4 frames of 16x16: 1,024 pixels
+    service = Service(Settings(model_uri=str(framed["seg-each"]), baked_bundle="", threads=1, max_pixels=1000))
+    with pytest.raises(PayloadTooLarge, match="16x16x4 frames = 1,024 pixels") as e:
+        service.predict(data, "application/dicom")
+    assert (e.value.status, e.value.code) == (413, "too_many_pixels")
+    single, _, _ = enhanced_ct([0.0, 1.0, 2.0])  # 768 pixels fit
+    assert len(service.predict(single, "application/dicom").body["result"]["frames"]) == 3
+
+
+def test_a_dicom_result_of_a_multi_frame_input_is_a_406_before_decoding_or_skipped(framed):
+    from onnxfn.errors import NotAcceptable
+    from onnxfn.service import DICOM_OPTIONAL, DICOM_REQUIRED
+    from tests.support.volumes import enhanced_ct
+    data, _, _ = enhanced_ct([0.0, 1.0, 2.0])
+    service = service_for(framed["seg-each"])
+    truncated = data[:-600]  # the pixel data is short: decoding it would be a 400 invalid_dicom
+    with pytest.raises(NotAcceptable, match="multi-frame inputs are not supported yet.*application/json.*3 frames") \
+            as e:
+        service.predict(truncated, "application/dicom", dicom=DICOM_REQUIRED)
+    assert (e.value.status, e.value.code) == (406, "not_acceptable")
+    with pytest.raises(BadRequest) as damaged:
+        service.predict(truncated, "application/dicom")
+    assert damaged.value.code == "invalid_dicom"
+    optional = service.predict(data, "application/dicom", dicom=DICOM_OPTIONAL)
+    assert optional.dicom is None and "multi-frame inputs are not supported" in optional.dicom_skipped
+    assert len(optional.body["result"]["frames"]) == 3

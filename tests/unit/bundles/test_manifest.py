@@ -401,3 +401,67 @@ def test_yolo_detector_parses_without_labels():
     assert m.detection.layout == "features_first" and m.detection.max_detections == 300
     assert manifest.parse(edited(YOLO, "detection.score_threshold", 0)).detection.score_threshold == 0.0
     assert manifest.parse(edited(YOLO, "detection.iou_threshold", 1)).detection.iou_threshold == 1.0
+
+
+# ------------------------------------------------------------------ multi-frame images: `frames`
+
+VOLUME = {
+    "name": "ct-3d", "version": "1", "task": "segmentation",
+    "inputs": [{"name": "ct", "dtype": "float32", "shape": [1, 1, "D", "H", "W"], "layout": "NCDHW",
+                "image": {"frames": "volume", "scaling": "window", "window": {"center": 40, "width": 400}}}],
+    "outputs": [{"name": "mask", "activation": "sigmoid", "decision": "threshold", "labels": ["lesion"]}],
+    "artifacts": [{"path": "model.onnx", "sha256": "3" * 64, "size": 1}],
+}
+
+
+def test_frames_is_none_unless_the_manifest_says_and_round_trips():
+    assert manifest.parse(copy.deepcopy(SEGMENTER)).image_input.image.frames is None
+    assert "frames" not in manifest.parse(copy.deepcopy(SEGMENTER)).to_dict()["inputs"][0]["image"]
+    for frames in ("first", "each"):
+        m = manifest.parse(edited(CLASSIFIER, "inputs.0.image.frames", frames))
+        assert m.image_input.image.frames == frames
+        assert manifest.parse(json.loads(json.dumps(m.to_dict()))) == m
+
+
+def test_a_volume_takes_ncdhw_or_ndhwc_with_a_depth_dimension():
+    m = manifest.parse(copy.deepcopy(VOLUME))
+    spec = m.image_input
+    assert (spec.image.frames, spec.axis("D"), spec.axis("H"), spec.image.size) == ("volume", 2, 3, None)
+    channels_last = edited(edited(VOLUME, "inputs.0.layout", "NDHWC"), "inputs.0.shape", [1, 8, 64, 64, 1])
+    fixed = manifest.parse(channels_last).image_input
+    assert (fixed.axis("D"), fixed.image.size, fixed.shape[1]) == (1, (64, 64), 8)
+    assert manifest.parse(json.loads(json.dumps(manifest.parse(channels_last).to_dict()))).image_input == fixed
+    classifier = edited(edited(VOLUME, "task", "classification"), "outputs.0",
+                        {"name": "logits", "activation": "softmax", "labels": ["a", "b"]})
+    assert manifest.parse(classifier).task == "classification"
+
+
+FRAME_CASES = [
+    (CLASSIFIER, "inputs.0.image.frames", "all", "inputs[0].image.frames", "one of first, each, volume"),
+    (CLASSIFIER, "inputs.0.image.frames", 2, "inputs[0].image.frames", "must be str"),
+    (CLASSIFIER, "inputs.0.image.frames", "volume", "inputs[0].layout", "NCHW, which has no depth axis"),
+    (VOLUME, "inputs.0.image.frames", "each", "inputs[0].image.frames", "must be volume for layout NCDHW"),
+    (VOLUME, "inputs.0.image.frames", DELETE, "inputs[0].image.frames", "must be volume for layout NCDHW"),
+    (VOLUME, "inputs.0.shape", [1, 1, "H", "W"], "inputs[0].layout", "NCDHW has 5 axes but shape has 4"),
+    (VOLUME, "inputs.0.image.tiling", {"tile": [64, 64]}, "inputs[0].image.tiling", "runs the whole volume"),
+    (DETECTOR, "inputs.0.image.frames", "each", "inputs[0].image.frames",
+     "each applies to classification and segmentation models; this is a detection model"),
+    (edited(TENSOR, "inputs.0", {"name": "a", "dtype": "float32", "shape": [1, 3, "H", "W"], "layout": "NCHW",
+                                 "image": {"color": "RGB"}}),
+     "inputs.0.image.frames", "each", "inputs[0].image.frames", "this is a tensor model"),
+]
+
+
+@pytest.mark.parametrize("base,path,value,field,words", FRAME_CASES,
+                         ids=[f"{c[1]}={c[2]!r}"[:60] for c in FRAME_CASES])
+def test_invalid_frames_are_named(base, path, value, field, words):
+    error = invalid(edited(base, path, value))
+    assert error.message.startswith(f"manifest field {field} "), error.message
+    assert words in error.message, error.message
+
+
+def test_a_tensor_model_may_take_a_volume():
+    document = edited(edited(TENSOR, "inputs", [{"name": "a", "dtype": "float32", "shape": [1, 1, "D", 8, 8],
+                                                "layout": "NCDHW", "image": {"frames": "volume"}}]),
+                      "outputs", [{"name": "sum"}])
+    assert manifest.parse(document).inputs[0].image.size == (8, 8)
