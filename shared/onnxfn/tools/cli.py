@@ -34,7 +34,11 @@ def parser() -> argparse.ArgumentParser:
     pk.add_argument("--version", default="1")
     pk.add_argument("--task", choices=("classification", "segmentation", "detection", "tensor"), default="tensor")
     pk.add_argument("--description", default="")
-    pk.add_argument("--layout", help="NCHW, NHWC, CHW, HWC, NHW, HW or NF (guessed from the shape)")
+    pk.add_argument("--layout", help="NCHW, NHWC, CHW, HWC, NHW, HW or NF (guessed from the shape); NCDHW or NDHWC "
+                                     "for a 3-D model (with --frames volume)")
+    pk.add_argument("--frames", choices=("first", "each", "volume"),
+                    help="multi-frame DICOM: answer frame 0, each frame, or the frames stacked as a volume "
+                         "(refused without it)")
     pk.add_argument("--color", choices=("L", "RGB"))
     size = pk.add_mutually_exclusive_group()
     size.add_argument("--size", type=lambda t: _pair(t, int), help="HEIGHTxWIDTH the image is resized to")
@@ -167,6 +171,7 @@ def _package(args) -> int:
         "color": args.color, "size": args.size, "pad_multiple": args.pad_multiple, "fit": args.fit,
         "resample": args.resample, "scaling": args.scaling, "window_source": args.window_source,
         "rescale": args.rescale, "mean": args.mean, "std": args.std, "channel_order": args.channel_order,
+        "frames": args.frames,
         "window": {"center": args.window[0], "width": args.window[1]} if args.window else None,
         "tiling": {k: v for k, v in {"tile": args.tile, "overlap": args.overlap, "blend": args.blend}.items()
                    if v is not None} if args.tile else None,
