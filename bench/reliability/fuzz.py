@@ -47,6 +47,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import resource
 import struct
 import sys
 import tempfile
@@ -360,8 +361,8 @@ def _write(rng: random.Random, ds, safe: bool) -> bytes:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         try:
             dcmwrite(out, ds, enforce_file_format=True)
-        except Exception:
-            return dicom_dataset(rng, safe=True)
+        except Exception:  # still refused: the sample CT, whose bytes the caller may mutate
+            return (ROOT / "samples" / "phantom.dcm").read_bytes()
     return out.getvalue()
 
 
@@ -884,9 +885,12 @@ def load(path: Path) -> Case:
 # -- workers -----------------------------------------------------------------------------------------
 
 def _worker(wid: int, seed: int, start: int, stop: int, step: int, only, events: bool, cache_dir: str, out: str,
-            state, conn) -> None:
+            state, conn, vm_limit: int = 0) -> None:
     """Run inputs start, start+step, ... < stop; send each outcome; `state[2*wid:2*wid+2]` holds the current
     input and when it started (time.monotonic), for the watcher."""
+    import resource
+    if vm_limit:  # a runaway input meets a MemoryError inside the call (answered, counted) before the OOM killer
+        resource.setrlimit(resource.RLIMIT_AS, (vm_limit, vm_limit))
     harness = Harness(events, cache_dir)
     for model in MODELS:  # both models loaded before the first timed input
         harness.specs(model)
@@ -894,15 +898,26 @@ def _worker(wid: int, seed: int, start: int, stop: int, step: int, only, events:
     for index in range(start, stop, step):
         state[2 * wid] = index
         state[2 * wid + 1] = time.monotonic()
-        case = generate(seed, index, only)
+        try:
+            case = generate(seed, index, only)
+        except Exception as e:  # the fuzzer's own bug, not the app's: reported apart
+            conn.send((index, "generator-error", "none", "generator_error", type(e).__name__, 0.0, None, "", 0))
+            continue
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         began = time.perf_counter()
         outcome = harness.run(case)
         ms = (time.perf_counter() - began) * 1000
+        grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # this input raised the peak
         path = str(save(case, outcome, Path(out), f"{case.generator}-{seed}-{index}")) if outcome.crash else ""
-        conn.send((index, case.generator, case.target, outcome.status, outcome.code, ms, outcome.crash, path))
+        conn.send((index, case.generator, case.target, outcome.status, outcome.code, ms, outcome.crash, path, grew))
     state[2 * wid + 1] = 0.0
-    import resource
     conn.send(("done", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+
+
+def _receive(conn):
+    """One message from a worker, refusing a length no outcome has (a corrupted stream would allocate it)."""
+    import pickle
+    return pickle.loads(conn.recv_bytes(maxlength=1 << 20))
 
 
 def _rss(pid: int) -> tuple[int, int]:
@@ -933,7 +948,7 @@ def _start_s3():
 
 
 def run(count: int, seed: int, workers: int, timeout: float, max_rss: int, out: Path, only=(),
-        s3: bool = True) -> dict:
+        s3: bool = True, vm_limit: int = 0) -> dict:
     """Run `count` inputs over `workers` processes; the figures."""
     server, env = _start_s3() if s3 else (None, {})
     saved_env = {k: os.environ.get(k) for k in env}
@@ -947,6 +962,7 @@ def run(count: int, seed: int, workers: int, timeout: float, max_rss: int, out: 
     codes = collections.Counter()
     crashes: list[dict] = []
     slowest = (0.0, "", -1)
+    growth: list[tuple[int, str, int]] = []   # the inputs that raised a worker's peak RSS the most
     peak = 0
     procs: dict[int, tuple] = {}
     next_start: dict[int, int] = {}
@@ -954,7 +970,7 @@ def run(count: int, seed: int, workers: int, timeout: float, max_rss: int, out: 
     def spawn(wid: int, start: int):
         parent, child = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_worker, args=(wid, seed, start, count, workers, tuple(only), server is not None,
-                                              cache, str(out), state, child), daemon=True)
+                                              cache, str(out), state, child, vm_limit), daemon=True)
         p.start()
         child.close()
         state[2 * wid], state[2 * wid + 1] = start, 0.0
@@ -971,7 +987,7 @@ def run(count: int, seed: int, workers: int, timeout: float, max_rss: int, out: 
             for conn in wait(list(live), timeout=0.25):
                 wid = live[conn]
                 try:
-                    message = conn.recv()
+                    message = _receive(conn)
                 except (EOFError, OSError):
                     continue  # the process died: the check below records it
                 if message[0] == "ready":
@@ -983,7 +999,9 @@ def run(count: int, seed: int, workers: int, timeout: float, max_rss: int, out: 
                     done.add(wid)
                     procs[wid][0].join()
                 else:
-                    index, gen, target, status, code, ms, crash, path = message
+                    index, gen, target, status, code, ms, crash, path, grew = message
+                    growth.append((grew, gen, index))
+                    growth[:] = sorted(growth, reverse=True)[:5]
                     by_gen[gen] += 1
                     by_target[target] += 1
                     statuses[status] += 1
@@ -1016,7 +1034,7 @@ def run(count: int, seed: int, workers: int, timeout: float, max_rss: int, out: 
                 finished = False
                 while conn.poll():  # outcomes sent before it ended
                     try:
-                        message = conn.recv()
+                        message = _receive(conn)
                     except (EOFError, OSError):
                         break
                     if message[0] == "done":
@@ -1062,7 +1080,9 @@ def run(count: int, seed: int, workers: int, timeout: float, max_rss: int, out: 
             "five_xx": sum(v for k, v in statuses.items() if isinstance(k, int) and k >= 500),
             "hangs": sum(c["crash"].startswith("hang") for c in crashes),
             "slowest_ms": round(slowest[0], 1), "slowest_input": f"{slowest[1]} #{slowest[2]}",
-            "peak_rss_mb": round(peak / 2 ** 20, 1), "timeout_s": timeout, "events_storage": server is not None}
+            "peak_rss_mb": round(peak / 2 ** 20, 1),
+            "largest_rss_jumps": [f"{g / 2 ** 20:.0f} MB {gen} #{i}" for g, gen, i in growth],
+            "parent_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "timeout_s": timeout, "events_storage": server is not None}
 
 
 def report(f: dict) -> None:
@@ -1077,6 +1097,8 @@ def report(f: dict) -> None:
     for c in f["crashes"][:30]:
         print(f"    {c['generator']} #{c['index']} ({c['target']}): {c['crash']}  -> {c['saved']}")
     print(f"  slowest input: {f['slowest_ms']} ms ({f['slowest_input']})   peak RSS per worker: {f['peak_rss_mb']} MB")
+    print(f"  inputs that raised a worker's peak RSS most: {', '.join(f['largest_rss_jumps'])}; "
+          f"this process's peak RSS: {f['parent_peak_rss_mb']} MB")
     print(f"  events against SeaweedFS: {'yes' if f['events_storage'] else 'no'}")
 
 
@@ -1100,6 +1122,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds one input may take before it is a hang")
     parser.add_argument("--max-rss-mb", type=int, default=2048, help="a worker past this RSS is a crash")
+    parser.add_argument("--worker-vm-gb", type=float, default=6.0,
+                        help="each worker's address-space limit (RLIMIT_AS): a runaway input gets a MemoryError")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "onnxfn-fuzz",
                         help="where crashing inputs are saved")
     parser.add_argument("--only", default="", help="comma-separated generators (default: all)")
@@ -1110,7 +1134,7 @@ def main(argv: list[str] | None = None) -> dict:
         return replay(args.replay)
     only = tuple(n for n in args.only.split(",") if n)
     figures = run(args.count, args.seed, args.workers, args.timeout, args.max_rss_mb * 2 ** 20, args.out, only,
-                  not args.no_s3)
+                  not args.no_s3, int(args.worker_vm_gb * 2 ** 30))
     figures["command"] = "python bench/reliability/fuzz.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report(figures)
     return figures
