@@ -261,6 +261,7 @@ def cold(names: list[str], model_for: dict, bundle_dir: Path, body: bytes, round
     """Fresh process start -> first answer, candidate by candidate, alternated every round."""
     times: dict[str, list[float]] = {n: [] for n in names}
     rss: dict[str, list[float]] = {n: [] for n in names}
+    phases: dict[str, dict[str, list[float]]] = {n: {} for n in names}  # onnxfn's cold timings_ms
     for r in range(rounds):
         for name in order(names, r):
             artifact, model = model_for[name]
@@ -271,12 +272,17 @@ def cold(names: list[str], model_for: dict, bundle_dir: Path, body: bytes, round
                 c.call(body)
                 times[name].append((time.perf_counter() - c.fn.started_at) * 1000)
                 rss[name].append(procfs.status(c.fn.process.pid)["VmHWM"])
+                for phase, ms in (c.last.get("timings_ms") or {}).items():
+                    phases[name].setdefault(phase, []).append(ms)
             finally:
                 c.stop()
             time.sleep(0.3)
         load.append(procfs.loadavg()[0])
     out = {n: {"p50_ms": round(statistics.median(v), 1), "min_ms": round(min(v), 1), "max_ms": round(max(v), 1),
                "runs": len(v), "peak_rss_mb": round(statistics.median(rss[n]), 1)} for n, v in times.items()}
+    for n in names:
+        if phases[n]:
+            out[n]["timings_ms_p50"] = {k: round(statistics.median(v), 1) for k, v in phases[n].items()}
     hand = times.get("hand")
     for n, v in times.items():
         if hand and n != "hand":
@@ -358,6 +364,8 @@ def main() -> int:
             report["cold"][kind] = figures
             table(f"cold start (process start -> first answer), {kind} artifact, baked, 2 threads", figures,
                   ["p50_ms", "min_ms", "max_ms", "ratio_p50", "paired_ratio_median", "peak_rss_mb"])
+            if "timings_ms_p50" in figures["onnxfn"]:
+                print("  onnxfn's cold answer, timings_ms p50:", figures["onnxfn"]["timings_ms_p50"])
 
     if "quota" in phases:
         if not os.access(CPU_V1 / "cgroup.procs", os.W_OK):
