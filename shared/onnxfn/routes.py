@@ -144,7 +144,10 @@ def accepts_dicom(accept: str | None) -> bool:
 
 def path_of(request: Request, base_path: str = "") -> str:
     """The request's path as routes see it: unquoted, the deployment's base path removed, no trailing /."""
-    path = unquote(urlsplit(request.url).path) or "/"
+    try:
+        path = unquote(urlsplit(request.url).path) or "/"
+    except ValueError:  # urlsplit refuses some URLs ("//[x" is an invalid IPv6 host)
+        raise NotFound(f"the request URL {request.url[:200]!r} cannot be parsed", code="route_not_found") from None
     if base_path and (path == base_path or path.startswith(base_path + "/")):
         path = path[len(base_path):] or "/"
     return path.rstrip("/") or "/"

@@ -66,6 +66,12 @@ def test_parse_json_names_the_fault():
         assert caught.value.status == 400 and caught.value.code == "invalid_json"
 
 
+def test_a_url_urlsplit_refuses_is_a_404_not_a_500():
+    with pytest.raises(NotFound) as e:  # found by the fuzzer: ValueError("Invalid IPv6 URL")
+        routes.path_of(Request("GET", "//predi[ct//?a=1"))
+    assert e.value.status == 404 and e.value.code == "route_not_found"
+
+
 def test_parse_json_refuses_json_nested_past_the_recursion_limit():
     with pytest.raises(BadRequest, match="nests too deeply") as e:  # found by bench/reliability/fuzz.py
         routes.parse_json(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
