@@ -794,7 +794,9 @@ class Harness:
             if case.target == "decoder":
                 return self._decoder(case)
             return self._call(case)
-        except Exception as e:  # a decoder's uncaught exception, or the fdk's own failure
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # a decoder's uncaught exception, the fdk's own failure, a Rust panic (pyo3)
             return Outcome(599, "exception", f"uncaught {type(e).__name__}: {str(e)[:200]}", traceback.format_exc())
 
     def _call(self, case: Case) -> Outcome:
