@@ -60,12 +60,23 @@ class Bundle:
         return arrays
 
 
+#: sha256_file's read size: each block needs the GIL twice (read, update), so few and large blocks
+HASH_BLOCK = 16 << 20
+
+
 def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    """The hex sha256 of a file's bytes, read in 16 MiB blocks into one reused buffer.
+
+    Large blocks, because each read and each update gives the GIL up and has to win it back: on a cold start
+    the load thread hashes the artifact while the call's thread imports the core, holding the GIL, and with
+    1 MiB blocks a 28 MB artifact took 317 ms beside a GIL-bound thread instead of 19 ms alone (50 ms in
+    16 MiB blocks). Not a memory map: a file truncated while mapped kills the process with SIGBUS."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    buffer = bytearray(HASH_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while size := f.readinto(buffer):
+            digest.update(view[:size])
     return digest.hexdigest()
 
 

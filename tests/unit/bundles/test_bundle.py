@@ -1,6 +1,7 @@
 """Bundles on disk: reading, verifying, writing atomically."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -43,6 +44,29 @@ def test_same_size_different_bytes_fails_the_hash(tmp_path):
     (root / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="sha256"):
         bundles.load(root)
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 64 * 3, 1000])
+def test_sha256_file_is_the_sha256_of_every_byte_across_block_edges(tmp_path, monkeypatch, size):
+    monkeypatch.setattr(bundles, "HASH_BLOCK", 64)  # block edges at small sizes
+    data = bytes(range(256)) * 4
+    path = tmp_path / "f"
+    path.write_bytes(data[:size])
+    assert bundles.sha256_file(path) == hashlib.sha256(data[:size]).hexdigest()
+
+
+def test_a_changed_last_byte_past_the_first_block_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundles, "HASH_BLOCK", 1024)  # the artifact spans several blocks
+    root = tmp_path / "b"
+    shutil.copytree(MODELS / "digits-cnn", root)
+    path = root / "model.onnx"
+    data = bytearray(path.read_bytes())
+    assert len(data) > 3 * 1024
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError) as e:
+        bundles.load(root, eager=False).fetch(bundles.read_manifest(root)[0].portable)
+    assert e.value.code == "checksum_mismatch"
 
 
 def test_write_refuses_a_non_empty_folder_and_leaves_no_staging(tmp_path):
