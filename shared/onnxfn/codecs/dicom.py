@@ -144,6 +144,7 @@ def _no_pixels(ds) -> None:
 def _pixels(ds, attrs: _Attributes) -> np.ndarray:
     """Every frame's pixels as pydicom gives them (colour as RGB), after the plugins a compressed syntax needs."""
     if getattr(attrs.syntax, "is_compressed", False):
+        check_codestreams(ds, attrs)
         enable_plugins()
     try:
         with warnings.catch_warnings():
@@ -161,6 +162,67 @@ def _pixels(ds, attrs: _Attributes) -> np.ndarray:
     except _corrupt() as e:
         raise BadRequest(f"the DICOM pixel data cannot be read (transfer syntax {attrs.syntax_name!r}): "
                          f"{_reason(e)}", code="invalid_dicom") from None
+
+
+def check_codestreams(ds, attrs: _Attributes) -> None:
+    """Every frame's JPEG or JPEG 2000 codestream must declare no more rows, columns and components than the
+    DICOM header (which the pixel limit and admission judged): a decoder allocates what its codestream declares,
+    so a small file could otherwise make it allocate gigabytes. A 400 naming the frame otherwise. Codestreams
+    whose header cannot be found are left to the decoder."""
+    from pydicom.encaps import generate_fragmented_frames
+
+    try:
+        frames = generate_fragmented_frames(ds.PixelData, number_of_frames=attrs.frames)
+        for index, fragments in enumerate(frames):
+            size = codestream_size(fragments[0] if fragments else b"")
+            if size is None:
+                continue
+            width, height, components = size
+            if width > attrs.columns or height > attrs.rows or components > max(attrs.samples, 1):
+                raise BadRequest(f"frame {index}'s compressed codestream declares {width}x{height} with {components} "
+                                 f"component(s), but the DICOM header says {attrs.columns}x{attrs.rows} with "
+                                 f"{attrs.samples}: the file is damaged or forged", code="invalid_dicom")
+            if index + 1 >= attrs.frames:
+                break
+    except _corrupt() as e:
+        raise BadRequest(f"the DICOM pixel data's fragments cannot be read: {_reason(e)}", code="invalid_dicom") from None
+
+
+#: JPEG start-of-frame markers (baseline, extended, progressive, lossless, arithmetic; JPEG-LS's SOF55)
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+
+
+def codestream_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) a JPEG, JPEG-LS or JPEG 2000 codestream declares in its header, or None where
+    the bytes are none of these (RLE, or a header not found in this fragment)."""
+    import struct
+
+    if data[:2] == b"\xff\x4f" and data[2:4] == b"\xff\x51":  # JPEG 2000: SOC then SIZ
+        if len(data) < 42:
+            return None
+        xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", data, 8)
+        (components,) = struct.unpack_from(">H", data, 40)
+        return max(0, xsiz - xosiz), max(0, ysiz - yosiz), components
+    if data[:2] != b"\xff\xd8":  # not JPEG (SOI) either
+        return None
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        (length,) = struct.unpack_from(">H", data, at + 2)
+        if marker in _SOF:
+            if at + 10 > len(data):
+                return None
+            height, width = struct.unpack_from(">HH", data, at + 5)
+            return width, height, data[at + 9]
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        at += 2 + length
+    return None
 
 
 def _frames(ds, pixels: np.ndarray, attrs: _Attributes) -> list[Image]:

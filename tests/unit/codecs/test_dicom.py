@@ -230,8 +230,7 @@ def test_a_syntax_whose_plugins_are_missing_is_415_naming_the_packages(monkeypat
     assert "pylibjpeg-libjpeg" in error.message and "gdcm" in error.message
 
 
-@pytest.mark.parametrize("name,syntax", [("JPEG-lossy.dcm", "JPEG Extended (Process 2 and 4)"),
-                                         ("JPEG2000-embedded-sequence-delimiter.dcm", "JPEG 2000 Image Compression")])
+@pytest.mark.parametrize("name,syntax", [("JPEG-lossy.dcm", "JPEG Extended (Process 2 and 4)")])
 def test_data_the_installed_decoders_fail_on_is_415_naming_syntax_and_decoders(name, syntax):
     error = refused(raw(name), UnsupportedMediaType)
     assert (error.status, error.code) == (415, "dicom_unsupported_syntax")
@@ -517,3 +516,33 @@ def test_a_deflated_dataset_decodes_and_a_deflate_bomb_is_refused_before_it_infl
     assert refused.value.code == "too_many_pixels"
     with pytest.raises(BadRequest, match="deflated DICOM dataset is damaged"):
         dicom.decode(bomb[:-20000] + bytes(20000), 1_000_000 * 1000)
+
+
+def _forged(name: str, width: int, height: int) -> bytes:
+    """A real compressed file whose first codestream declares another size than the DICOM header."""
+    import struct
+    data = raw(name)
+    ds = pydicom.dcmread(pydicom_file(name))
+    from pydicom.encaps import generate_fragmented_frames
+    first = next(generate_fragmented_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))[0]
+    at = data.index(first)
+    if first[:2] == b"\xff\x4f":  # JPEG 2000 SIZ: Xsiz, Ysiz at 8, 12
+        patch = struct.pack(">II", width, height)
+        return data[:at + 8] + patch + data[at + 16:]
+    sof = dicom.codestream_size(first)
+    assert sof is not None
+    i = next(i for i in range(2, len(first) - 1) if first[i] == 0xFF and first[i + 1] in dicom._SOF)
+    return data[:at + i + 5] + struct.pack(">HH", height, width) + data[at + i + 9:]
+
+
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm"])
+def test_a_codestream_declaring_more_than_the_header_is_refused_before_it_is_decoded(name):
+    from pydicom.encaps import generate_fragmented_frames
+    ds = pydicom.dcmread(pydicom_file(name))
+    size = dicom.codestream_size(next(generate_fragmented_frames(ds.PixelData, number_of_frames=1))[0])
+    assert size == (ds.Columns, ds.Rows, ds.SamplesPerPixel)  # the real files agree with their header
+    error = refused(_forged(name, 60000, 60000))  # a decoder would allocate 3.6 G samples for it
+    assert error.code == "invalid_dicom" and "declares 60000x60000" in error.message
+    assert f"DICOM header says {ds.Columns}x{ds.Rows}" in error.message
+    damaged = refused(raw("JPEG2000-embedded-sequence-delimiter.dcm"))  # a real damaged codestream
+    assert "compressed codestream declares" in damaged.message

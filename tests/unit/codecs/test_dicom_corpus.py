@@ -63,6 +63,9 @@ def test_corpus_file(path: Path):
             with pytest.raises(OnnxfnError) as info:
                 dicom.decode_frames(data, LIMIT)
             syntax = pydicom.dcmread(path, force=True).file_meta.TransferSyntaxUID.name
+            if info.value.code == "invalid_dicom":  # refused before decoding: its codestream's header is damaged
+                assert "compressed codestream declares" in info.value.message
+                return
             assert (info.value.status, info.value.code) == (415, "dicom_unsupported_syntax")
             assert f"transfer syntax {syntax!r}" in info.value.message
             return
