@@ -76,7 +76,9 @@ class App:
                 reply = self._invoke(route, request, document)
         except OnnxfnError as e:
             reply = Reply.error(e)
-        except Exception as e:  # the safety net: nothing escapes to the fdk
+        except BaseException as e:  # the safety net: nothing escapes to the fdk (a compiled library's panic either)
+            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
             self.logger.exception("unexpected error")
             reply = Reply.error(OnnxfnError(f"unexpected {type(e).__name__}: {e}"))
         if reply.status < 400:

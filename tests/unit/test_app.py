@@ -286,3 +286,20 @@ def test_accept_dicom_for_a_png_is_a_406(app, lines):
     assert (reply.status, reply.body["code"]) == (406, "not_acceptable") and reply.content_type == "application/json"
     assert "DICOM input" in reply.body["error"] and "application/json" in reply.body["error"]
     assert lines()[-1]["outcome"] == "not_acceptable"
+
+
+def test_a_panic_that_is_no_exception_is_still_a_500_and_the_app_goes_on(monkeypatch):
+    class Panic(BaseException):  # what pyo3 raises when a Rust library panics
+        pass
+
+    app = App(lambda: settings())
+    ok = app.handle(Request("POST", "/predict", {"content-type": "image/png"}, DIGIT, gateway=True))
+
+    def panic(*args, **kwargs):
+        raise Panic("index out of bounds")
+    monkeypatch.setattr(app.service, "predict", panic)
+    reply = app.handle(Request("POST", "/predict", {"content-type": "image/png"}, DIGIT, gateway=True))
+    assert ok.status == 200 and (reply.status, reply.body["code"]) == (500, "internal_error")
+    assert "Panic" in reply.body["error"]
+    monkeypatch.undo()
+    assert app.handle(Request("POST", "/predict", {"content-type": "image/png"}, DIGIT, gateway=True)).status == 200

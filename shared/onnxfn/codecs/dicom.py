@@ -143,13 +143,17 @@ def _no_pixels(ds) -> None:
 
 def _pixels(ds, attrs: _Attributes) -> np.ndarray:
     """Every frame's pixels as pydicom gives them (colour as RGB), after the plugins a compressed syntax needs."""
-    if getattr(attrs.syntax, "is_compressed", False):
+    if not getattr(attrs.syntax, "is_transfer_syntax", False):
+        raise BadRequest(f"the DICOM file's TransferSyntaxUID ({attrs.syntax_name}) is not a transfer syntax",
+                         code="invalid_dicom")
+    if attrs.syntax.is_compressed:
         check_codestreams(ds, attrs)
         enable_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return ds.pixel_array
+            pixels = ds.pixel_array
+        return _shaped(pixels, attrs)
     except (NotImplementedError, RuntimeError) as e:
         detail = _QUOTED.sub("<value>", " ".join(str(e).split()))[:600]
         if "exceptions were raised" in detail:
@@ -162,6 +166,24 @@ def _pixels(ds, attrs: _Attributes) -> np.ndarray:
     except _corrupt() as e:
         raise BadRequest(f"the DICOM pixel data cannot be read (transfer syntax {attrs.syntax_name!r}): "
                          f"{_reason(e)}", code="invalid_dicom") from None
+    except BaseException as e:  # a compiled decoder's panic (pyo3's PanicException is a BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise BadRequest(f"the decoder failed on the DICOM pixel data (transfer syntax {attrs.syntax_name!r}): "
+                         f"{_reason(e)}; the data is damaged", code="invalid_dicom") from None
+
+
+def _shaped(pixels: np.ndarray, attrs: _Attributes) -> np.ndarray:
+    """pydicom's array as (frames, rows, columns[, samples]), checked against the header: a damaged file can
+    give another shape, which must not reach pre-processing."""
+    expected = (attrs.rows, attrs.columns) + ((attrs.samples,) if attrs.samples > 1 else ())
+    if attrs.frames > 1:
+        expected = (attrs.frames,) + expected
+    if tuple(pixels.shape) != expected:
+        raise BadRequest(f"the DICOM pixel data decodes to shape {list(pixels.shape)}, but the header declares "
+                         f"{list(expected)} (frames, rows, columns, samples): the file is damaged",
+                         code="invalid_dicom")
+    return pixels
 
 
 def check_codestreams(ds, attrs: _Attributes) -> None:
@@ -230,6 +252,9 @@ def _frames(ds, pixels: np.ndarray, attrs: _Attributes) -> list[Image]:
     try:
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
         if photometric == "PALETTE COLOR":
+            if attrs.samples != 1:
+                raise BadRequest(f"the DICOM file is PALETTE COLOR with {attrs.samples} samples per pixel; a palette "
+                                 "image has one (an index): the file is damaged", code="invalid_dicom")
             return [_palette(ds, pixels[i], i, attrs) for i in range(len(pixels))]
         if attrs.samples == 3:
             return [_colour(ds, pixels[i], i, attrs) for i in range(len(pixels))]
