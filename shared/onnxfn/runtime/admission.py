@@ -50,7 +50,8 @@ def whole(header: Header, spec: InputSpec, cost: MemoryCost | None, out_channels
     """Bytes at the peak of a whole-image call: decoding, pre-processing (float32 copies of the image before it
     is resized, then of the model's input), the model and, for segmentation, the output and its masks."""
     elements = model_elements(header, spec)
-    plane = header.pixels
+    # a volume pre-processes every frame at once; one image, the first frame or frame by frame ("each"), one
+    plane = header.pixels if spec.axis("D") is not None else header.width * header.height
     need = (decoded(header) + plane * spec.image.channels * 4 * PREPROCESS_COPIES + elements * 4 * 2
             + (cost.bytes(elements) if cost else 0))
     if segmentation:

@@ -64,3 +64,12 @@ def test_the_suggested_size_fits():
     side = int(refused.value.message.split("downscale it to about ")[1].split("x")[0])
     assert admission.whole(header(side), UNET, COST, 1, True) <= 300 * MB < admission.whole(header(side + 8), UNET,
                                                                                             COST, 1, True)
+
+
+def test_frames_are_paid_for_once_decoded_and_per_frame_after_unless_a_volume_holds_them_all():
+    from dataclasses import replace
+    one, cine = header(512), replace(header(512), frames=30)
+    each = admission.whole(cine, UNET, COST, 1, True) - admission.whole(one, UNET, COST, 1, True)
+    assert each == admission.decoded(cine) - admission.decoded(one)  # only the decoded frames add up
+    volume = InputSpec("image", "float32", (1, 1, "d", "h", "w"), "NCDHW", ImageSpec(pad_multiple=4, frames="volume"))
+    assert admission.whole(cine, volume, COST, 1, True) > 20 * admission.whole(one, volume, COST, 1, True)  # less the fixed part
