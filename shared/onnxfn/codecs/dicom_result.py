@@ -31,7 +31,7 @@ REFERENCE = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "
 GEOMETRY = ("FrameOfReferenceUID", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
             "ImagePositionPatient", "ImageOrientationPatient", "SharedFunctionalGroupsSequence",
             "PerFrameFunctionalGroupsSequence")
-REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
 #: Segmented property category and type when the manifest codes no label (SNOMED CT).
 DEFAULT_CATEGORY = Concept("SCT", "49755003", "Morphologically Abnormal Structure")
 DEFAULT_TYPE = Concept("SCT", "49755003", "Morphologically Abnormal Structure")
@@ -144,12 +144,17 @@ def encode(source: Any, answer: dict, manifest: Manifest, *, probabilities: np.n
     answer's mask (its base64 PNG, class names from `classes` and the manifest), an SR from a
     classification answer. Any other task has no DICOM form (`NotAcceptable`, 406)."""
     task, result = answer.get("task"), answer.get("result") or {}
-    if task == "segmentation":
-        mask = _png(result["mask"]["data"])
-        return Encoded(segmentation(source, mask, class_names(manifest, result), manifest,
-                                    probabilities=probabilities), ".seg.dcm")
-    if task == "classification":
-        return Encoded(report(source, result, manifest), ".sr.dcm")
+    try:
+        if task == "segmentation":
+            mask = _png(result["mask"]["data"])
+            return Encoded(segmentation(source, mask, class_names(manifest, result), manifest,
+                                        probabilities=probabilities), ".seg.dcm")
+        if task == "classification":
+            return Encoded(report(source, result, manifest), ".sr.dcm")
+    except (ValueError, TypeError, AttributeError, KeyError) as e:  # highdicom refusing what the source holds
+        from onnxfn.codecs.dicom import _reason
+        raise BadRequest(f"the DICOM input cannot be referenced by a DICOM result: {_reason(e)}; send a complete "
+                         "DICOM object or ask for application/json", code="dicom_source_incomplete") from None
     raise NotAcceptable(f"a {task} answer has no DICOM form (segmentation answers become DICOM SEG, "
                         "classifications DICOM SR): ask for application/json")
 
