@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
