@@ -319,3 +319,12 @@ def test_result_names(key, name):
 def test_long_keys_become_hashes():
     name = result_name("k" * 1000, ".error.json")
     assert name.startswith("_long/") and name.endswith(".error.json") and len(name) < 100
+
+
+def test_a_key_storage_refuses_is_not_retried_until_the_deadline(events_fn, s3_client, bucket):
+    fn = events_fn()
+    reply = fn.call(s3_event(bucket, ("ObjectCreated:Put", "../../etc/passwd")), "application/json", deadline=20)
+    [outcome] = reply.json()["objects"]
+    assert outcome["outcome"] == "failed" and "refused" in outcome["reason"], outcome
+    assert "gave up" not in outcome["reason"]  # a 400 is an answer, not a fault to wait out
+    assert outcome["outputs"][0].startswith("results/%2E%2E/%2E%2E/")
