@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 import sys
 
-NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "PIL", "pydicom", "fdk", "asyncio", "onnxruntime",
-         "pylibjpeg", "libjpeg", "openjpeg", "rle",  # pydicom's decoder plugins log each decode at DEBUG
-         "highdicom")  # logs each source's SOP Instance UID at INFO while it copies patient and study attributes
+NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "PIL", "fdk", "asyncio", "onnxruntime",
+         "pylibjpeg", "libjpeg", "openjpeg", "rle")  # pydicom's decoder plugins log each decode at DEBUG
+#: DICOM libraries quote element values (UIDs, names: patient data) in their warnings and errors, and highdicom
+#: logs each source's SOP Instance UID at INFO: they are silenced; onnxfn's own errors say what failed
+SILENT = ("pydicom", "highdicom")
 _configured = False
 
 
@@ -23,6 +26,9 @@ def setup(level: str = "INFO") -> logging.Logger:
     if not _configured:
         for name in NOISY:
             logging.getLogger(name).setLevel(logging.WARNING)
+        for name in SILENT:
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+            warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")  # their warnings go to stderr too
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)

@@ -30,7 +30,8 @@ def values(path: Path) -> set[str]:
             value = ds.get(keyword)
             items = value if isinstance(value, pydicom.multival.MultiValue) else [value]
             found.update(text for item in items if item is not None and len(text := str(item).strip()) >= 4
-                         and any(c.isalnum() for c in text))  # "^^^^" (an empty name) is in any traceback
+                         and any(c.isalnum() for c in text)  # "^^^^" (an empty name) is in any traceback
+                         and not (text.isdigit() and len(text) < 8))  # "4900" is also a byte count or a time
         return found
     except Exception:  # a file pydicom cannot read holds nothing it could show either
         return set()

@@ -27,7 +27,30 @@ def test_setup_quiets_libraries_and_adds_one_handler(fresh):
     ours = lambda: [h for h in logger.handlers if type(h) is logging.StreamHandler]  # noqa: E731 (pytest adds its own)
     assert logs.setup("DEBUG") is logger and len(ours()) == 1 and logger.level == logging.DEBUG
     assert all(logging.getLogger(name).level == logging.WARNING for name in logs.NOISY)
+    assert all(logging.getLogger(name).level > logging.CRITICAL for name in logs.SILENT)
     assert logger.propagate is False
+
+
+def test_dicom_libraries_never_log_or_warn_the_values_they_quote(fresh):
+    import warnings
+    from pydicom.dataset import Dataset
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    root = logging.getLogger()
+    saved = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)  # as the fdk sets it
+    try:
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")  # what reaches stderr, the function's log, otherwise
+            logs.setup("DEBUG")
+            Dataset().SOPInstanceUID = "1.x.55555"  # pydicom logs and warns "Invalid value for VR UI: '1.x.55555'"
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+    assert not [r for r in records if "55555" in r.getMessage()]
+    assert not [w for w in shown if "55555" in str(w.message)]
 
 
 def test_event_is_one_compact_json_line_and_respects_the_level(fresh, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
 import os
 from pathlib import Path
@@ -50,9 +51,16 @@ def limit(settings_or_value: Settings | int | None = None, proc: Path = PROC,
 def cgroup_limit(proc: Path = PROC) -> tuple[int, str, Path] | None:
     """(bytes, "v1" or "v2", folder) of the smallest memory limit among this process's memory cgroup and its
     ancestors, or None where none is set or readable."""
-    limits = [(b, version, folder) for version, folder in cpu.cgroup_folders(proc, "memory")
+    limits = [(b, version, folder) for version, folder in _folders(proc)
               if (b := _folder_limit(version, folder)) is not None]
     return min(limits) if limits else None
+
+
+@functools.lru_cache(maxsize=8)
+def _folders(proc: Path) -> tuple[tuple[str, Path], ...]:
+    """The memory cgroup folders of a process, found once: a process does not change cgroup while it serves
+    (the limits in them are read on every call; finding them took 0.2 ms of every call)."""
+    return tuple(cpu.cgroup_folders(proc, "memory"))
 
 
 def _folder_limit(version: str, folder: Path) -> int | None:
