@@ -109,9 +109,11 @@ class KeptAlive:
         if conn is None:
             # DNS, connect and TLS: 5 s at most in all, less when the call's deadline is nearer
             conn = connection(self.scheme, self.host, wait(min(5.0, self.timeout)))
+            self._local.conn = conn
+        if conn.sock is None:  # new, or closed by a server that keeps no connection alive (Connection: close)
+            conn.timeout = wait(min(5.0, self.timeout))
             conn.connect()
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._local.conn = conn
         return conn
 
     def _forget(self, conn: http.client.HTTPConnection | None) -> None:
@@ -132,6 +134,8 @@ def body_chunks(response, length: int | None, sock: socket.socket, limit: float)
     a body cut short of its Content-Length is `Unreachable`."""
     received = 0
     while True:
+        if response.isclosed():  # all read, and a server that closes its connections (HTTP/1.0) closed it
+            break
         try:
             sock.settimeout(wait(limit))
             chunk = response.read(CHUNK)

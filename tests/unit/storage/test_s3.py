@@ -48,3 +48,44 @@ def test_oci_region_from_the_resource_principal(monkeypatch):
     monkeypatch.setenv("OCI_RESOURCE_PRINCIPAL_REGION", "eu-frankfurt-1")
     assert "eu-frankfurt-1" in open_store("oci://b@ns/p/").endpoint
 
+
+
+def test_a_server_that_closes_every_connection_is_read_and_written_again_and_again(monkeypatch):
+    """HTTP/1.0, or Connection: close behind a proxy: the body ends with the connection, and the next request
+    opens a new one (both failed: a read on the closed socket, then a request on no socket)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from onnxfn.storage.s3 import S3Store
+
+    body, seen = b"onnxfn" * 1000, []
+
+    class Closing(BaseHTTPRequestHandler):  # protocol_version HTTP/1.0: one request per connection
+        def _reply(self):
+            seen.append((self.command, self.client_address[1]))
+            if self.command == "PUT":
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0" if self.command == "PUT" else str(len(body)))
+            self.send_header("ETag", '"e"')
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+        do_HEAD = do_GET = do_PUT = _reply
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Closing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    try:
+        store = S3Store("s3://b/p/", "b", "p/", f"http://127.0.0.1:{server.server_port}", "us-phoenix-1",
+                        client="lean")
+        for _ in range(2):
+            assert store.stat("x").size == len(body)
+            assert store.read("x", 1 << 20)[0] == body
+            assert store.put("y", b"{}", "application/json", {}) == '"e"'
+    finally:
+        server.shutdown()
+    assert len({port for _, port in seen}) == len(seen) == 6  # a new connection every time
