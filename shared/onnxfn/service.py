@@ -160,6 +160,8 @@ class Service:
             info["frames"] = count
         source = images[0].source
         run = _Run(self, model, spec, deadline, timer, bool(plans) and plans[0].tiled, binary_output)
+        run.fractional = (dicom in (DICOM_REQUIRED, DICOM_OPTIONAL) and m.task == "segmentation"
+                          and m.primary_output.segmentation_type == "fractional")
         extra: dict = {}
         if mode == "volume":
             result, tensors = run.volume(images)
@@ -186,21 +188,22 @@ class Service:
                 if count > 1:  # `admit` refused a required one before decoding
                     skipped = MULTI_FRAME_DICOM
                 else:
-                    encoded, skipped = self.as_dicom(source, answer, m, required=dicom == DICOM_REQUIRED)
+                    encoded, skipped = self.as_dicom(source, answer, m, required=dicom == DICOM_REQUIRED,
+                                                     probabilities=run.probabilities)
         del source
         described = self.describe(model, cold, timer)
         return Answer({**answer, **described}, cold, described["timings_ms"], tensors, encoded, skipped)
 
-    def as_dicom(self, source, answer: dict, manifest, required: bool) -> tuple[Any, str]:
-        """The DICOM result of an answer (`dicom_result.encode`) and, when it is optional and cannot be made
-        (not a DICOM input, a multi-frame one, one lacking the UIDs a reference needs, a task without a DICOM
-        form), None and why."""
+    def as_dicom(self, source, answer: dict, manifest, required: bool, probabilities=None) -> tuple[Any, str]:
+        """The DICOM result of an answer (`dicom_result.encode`; `probabilities` make a fractional SEG) and, when it
+        is optional and cannot be made (not a DICOM input, a multi-frame one, one lacking the UIDs a reference
+        needs, a task without a DICOM form), None and why."""
         from onnxfn.codecs import dicom_result  # highdicom comes with it, on the first DICOM result only
         if not required and (source is None or manifest.task not in DICOM_TASKS):
             why = "the input is not DICOM" if source is None else f"a {manifest.task} answer has no DICOM form"
             return None, why
         try:
-            return dicom_result.encode(source, answer, manifest), ""
+            return dicom_result.encode(source, answer, manifest, probabilities=probabilities), ""
         except (BadRequest, NotAcceptable) as e:
             if required:
                 raise
@@ -289,6 +292,8 @@ class _Run:
         else:
             self.names = detect.output_names(m) if m.task == "detection" else [m.primary_output.name]
         self.described_volume: dict | None = None
+        self.fractional = False  # keep the last image's class probabilities (a fractional DICOM SEG is asked for)
+        self.probabilities = None
 
     def infer(self, feed) -> dict:
         """The model's outputs for one input tensor."""
@@ -342,7 +347,10 @@ class _Run:
         if m.task == "classification":
             return postprocess.classify(outputs[m.primary_output.name], m.primary_output,
                                         self.service.settings.top_k), []
-        return postprocess.segment(outputs[m.primary_output.name], m.primary_output, self.spec, geometry), []
+        output = outputs[m.primary_output.name]
+        if self.fractional:
+            self.probabilities = postprocess.probabilities(output, m.primary_output, self.spec, geometry)
+        return postprocess.segment(output, m.primary_output, self.spec, geometry), []
 
 
 def image_input(m) -> InputSpec:

@@ -375,3 +375,28 @@ def test_a_dicom_result_of_a_multi_frame_input_is_a_406_before_decoding_or_skipp
     optional = service.predict(data, "application/dicom", dicom=DICOM_OPTIONAL)
     assert optional.dicom is None and "multi-frame inputs are not supported" in optional.dicom_skipped
     assert len(optional.body["result"]["frames"]) == 3
+
+
+def test_a_manifest_asking_for_fractional_segmentation_gets_the_probabilities(tmp_path):
+    import io
+    import json
+    import shutil
+    import highdicom as hd
+    import pydicom
+    from onnxfn.service import DICOM_REQUIRED
+    bundle = tmp_path / "fractional"
+    shutil.copytree(MODELS / "lesion-unet", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["outputs"][0]["segmentation_type"] = "fractional"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    answer = service_for(bundle).predict(PHANTOM, "application/dicom", dicom=DICOM_REQUIRED)
+    mask = mask_of(answer)
+    source = pydicom.dcmread(io.BytesIO(PHANTOM))
+    seg = hd.seg.segread(io.BytesIO(answer.dicom.data))
+    assert seg.SegmentationType == "FRACTIONAL"
+    fractions = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1],
+                                                  rescale_fractional=True)[0, :, :, 0]
+    assert fractions.shape == mask.shape and 0.0 <= fractions.min() and fractions.max() <= 1.0
+    assert len(np.unique(fractions)) > 10  # probabilities, not a binary mask
+    agree = ((fractions > 0.5) == (mask == 1)).mean()
+    assert agree > 0.99, agree  # the mask is the probabilities thresholded (at model size: edges may differ)

@@ -9,7 +9,7 @@ import numpy as np
 
 from onnxfn.errors import InferenceError
 from onnxfn.bundles.manifest import InputSpec, OutputSpec
-from onnxfn.tasks.preprocess import Geometry, restore
+from onnxfn.tasks.preprocess import Geometry, _overlap, resize, restore
 
 
 def activate(values: np.ndarray, activation: str, axis: int = -1) -> np.ndarray:
@@ -71,7 +71,20 @@ def segment(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec, geometr
             "classes": classes}
 
 
-def _labels(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec) -> np.ndarray:
+def probabilities(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec, geometry: Geometry) -> np.ndarray:
+    """Per-class probabilities mapped back onto the received image (H x W x channels, float32 in [0, 1]): the
+    output's activation (softmax across channels, sigmoid), the padding cropped, the resize undone (bilinear);
+    what a fractional DICOM SEG holds. An output without an activation is clipped to [0, 1]."""
+    values = _channels_last(np.asarray(output), spec, input_spec)
+    values = activate(values, spec.activation, axis=2) if spec.activation != "none" else values.astype(np.float32)
+    canvas = np.zeros((*geometry.resized, values.shape[2]), dtype=np.float32)
+    src, dst = _overlap(geometry.resized, geometry.offset, geometry.model)
+    canvas[src] = values[dst]
+    return np.clip(resize(canvas, geometry.original, "bilinear"), 0.0, 1.0)
+
+
+def _channels_last(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec) -> np.ndarray:
+    """A segmentation output as H x W x channels, whatever the input's layout."""
     layout = input_spec.layout
     if output.ndim == len(layout) and "N" in layout:
         output = output[0]
@@ -81,8 +94,11 @@ def _labels(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec) -> np.n
     if output.ndim != 3:
         raise InferenceError(f"output {spec.name!r} has shape {list(output.shape)}; a segmentation output must "
                              f"follow the input's layout {input_spec.layout}", code="bad_output")
-    if layout == "CHW":
-        output = output.transpose(1, 2, 0)
+    return output.transpose(1, 2, 0) if layout == "CHW" else output
+
+
+def _labels(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec) -> np.ndarray:
+    output = _channels_last(output, spec, input_spec)
     if spec.decision == "argmax":
         return np.argmax(output, axis=2).astype(np.uint8)
     if output.shape[2] != 1:
