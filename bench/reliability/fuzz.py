@@ -764,7 +764,7 @@ class Harness:
             logging.getLogger().setLevel(logging.CRITICAL)   # the fdk sets the root logger to DEBUG
             for handler in logging.getLogger().handlers:
                 handler.setLevel(logging.CRITICAL)
-            for name in ("fn", *logs.NOISY):  # the fdk logs escaped exceptions to "fn": counted here instead
+            for name in ("fn", *logs.NOISY, *logs.SILENT):  # the fdk logs escaped exceptions to "fn": counted here
                 logging.getLogger(name).setLevel(logging.CRITICAL)
         logger.addHandler(self.traces)
         sources = f"s3://{BUCKET}/" if events else "s3://fuzz-never-allowed/"

@@ -26,15 +26,21 @@ def setup(level: str = "INFO") -> logging.Logger:
     if not _configured:
         for name in NOISY:
             logging.getLogger(name).setLevel(logging.WARNING)
-        for name in SILENT:
-            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-            warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")  # their warnings go to stderr too
+        silence()
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
         _configured = True
     return logger
+
+
+def silence() -> None:
+    """Silence the `SILENT` libraries' loggers and warnings. Called again after pydicom is first imported: its
+    import sets its logger back to WARNING."""
+    for name in SILENT:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")  # their warnings go to stderr too
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields) -> None:

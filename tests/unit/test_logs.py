@@ -60,3 +60,16 @@ def test_event_is_one_compact_json_line_and_respects_the_level(fresh, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and ", " not in lines[0] and '": ' not in lines[0]
     assert json.loads(lines[0]) == {"event": "call", "route": "predict", "status": 200, "when": "2026-12-02"}
+
+
+def test_pydicom_stays_silent_when_the_function_imports_it_after_setup():
+    import subprocess
+    import sys
+    code = ("import logging; logging.basicConfig(level=logging.DEBUG)\n"  # the fdk's root logger
+            "from onnxfn import logs; logs.setup()\n"
+            "from onnxfn.codecs import dicom; dicom._pydicom()\n"  # the first DICOM call imports pydicom
+            "from pydicom.dataset import Dataset; Dataset().SOPInstanceUID = '1.x.55555'\n"
+            "print('done')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "done", out.stderr[-2000:]
+    assert "55555" not in out.stderr

@@ -403,6 +403,8 @@ def _pydicom():
         if "pydicom" not in sys.modules:
             with _held_back():
                 importlib.import_module("pydicom")
+            from onnxfn import logs
+            logs.silence()  # pydicom's import set its logger back to WARNING: its warnings quote values
     return sys.modules["pydicom"]
 
 
