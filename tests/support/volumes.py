@@ -12,6 +12,19 @@ from tests.support.images import pydicom_file
 from tests.support.models import onnx_model
 
 
+
+def group(**sequences):
+    """One item of a functional groups sequence: each keyword argument a macro sequence of one item holding
+    the given attributes (PlaneOrientationSequence={"ImageOrientationPatient": [...]})."""
+    import pydicom
+    item = pydicom.Dataset()
+    for name, values in sequences.items():
+        macro = pydicom.Dataset()
+        for keyword, value in values.items():
+            setattr(macro, keyword, value)
+        setattr(item, name, [macro])
+    return item
+
 def enhanced_ct(positions: list[float], size: int = 16, seed: int = 0) -> tuple[bytes, np.ndarray, list]:
     """An enhanced multi-frame CT (CT_small's header) of len(positions) `size`x`size` frames: per-frame rescale
     (slope 1 + i, intercept -1000 - 10 i) and axial positions z = positions[i] in the Per-frame Functional
@@ -23,15 +36,6 @@ def enhanced_ct(positions: list[float], size: int = 16, seed: int = 0) -> tuple[
     stored = np.random.default_rng(seed).integers(0, 2000, size=(frames, size, size)).astype(np.int16)
     ds.Rows = ds.Columns = size
     ds.PixelData, ds.NumberOfFrames = stored.tobytes(), frames
-
-    def group(**sequences) -> pydicom.Dataset:
-        item = pydicom.Dataset()
-        for name, values in sequences.items():
-            macro = pydicom.Dataset()
-            for keyword, value in values.items():
-                setattr(macro, keyword, value)
-            setattr(item, name, [macro])
-        return item
 
     ds.SharedFunctionalGroupsSequence = [group(
         PlaneOrientationSequence={"ImageOrientationPatient": [1, 0, 0, 0, 1, 0]},  # axial: normal = +z

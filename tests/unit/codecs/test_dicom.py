@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.support.images import damage, pydicom_file
+from tests.support.volumes import group
 from onnxfn.codecs import dicom
 from onnxfn.errors import BadRequest, OnnxfnError, PayloadTooLarge, UnsupportedMediaType
 from onnxfn.bundles.manifest import Window
@@ -355,15 +356,6 @@ def enhanced(frames: int = 3) -> tuple[bytes, np.ndarray]:
     base = reference("CT_small.dcm")
     stored = np.stack([base + 10 * i for i in range(frames)]).astype(np.int16)
     ds.PixelData, ds.NumberOfFrames = stored.tobytes(), frames
-
-    def group(**sequences) -> pydicom.Dataset:
-        item = pydicom.Dataset()
-        for name, values in sequences.items():
-            macro = pydicom.Dataset()
-            for keyword, value in values.items():
-                setattr(macro, keyword, value)
-            setattr(item, name, [macro])
-        return item
 
     ds.SharedFunctionalGroupsSequence = [group(
         PlaneOrientationSequence={"ImageOrientationPatient": [0, 1, 0, 0, 0, -1]},  # sagittal: normal = -x
