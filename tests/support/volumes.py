@@ -12,7 +12,6 @@ from tests.support.images import pydicom_file
 from tests.support.models import onnx_model
 
 
-
 def group(**sequences):
     """One item of a functional groups sequence: each keyword argument a macro sequence of one item holding
     the given attributes (PlaneOrientationSequence={"ImageOrientationPatient": [...]})."""
@@ -24,6 +23,7 @@ def group(**sequences):
             setattr(macro, keyword, value)
         setattr(item, name, [macro])
     return item
+
 
 def enhanced_ct(positions: list[float], size: int = 16, seed: int = 0) -> tuple[bytes, np.ndarray, list]:
     """An enhanced multi-frame CT (CT_small's header) of len(positions) `size`x`size` frames: per-frame rescale
