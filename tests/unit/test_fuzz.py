@@ -18,12 +18,14 @@ FAST = settings(derandomize=True, database=None, deadline=None, max_examples=40,
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    logger = logging.getLogger("onnxfn")
-    level = logger.level
+    logger, root = logging.getLogger("onnxfn"), logging.getLogger()
+    level, root_level, root_handlers = logger.level, root.level, root.handlers[:]
     harness = fuzz.Harness(events=False, cache_dir=str(tmp_path_factory.mktemp("cache")), quiet=False)
     yield harness
     harness.close()
     logger.setLevel(level)  # the apps set it from their settings
+    root.setLevel(root_level)  # the fdk, imported by the harness, sets the root logger up: later tests expect none
+    root.handlers[:] = root_handlers
 
 
 def check(harness, case: fuzz.Case) -> fuzz.Outcome:
