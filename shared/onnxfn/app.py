@@ -151,11 +151,11 @@ def _invocation(request: Request) -> tuple[str, object]:
     when the binary extension's header came with it) or ("predict", None)."""
     from onnxfn.codecs import binary
     from onnxfn.codecs.payload import media_type, sniff
-    from onnxfn.events.envelopes import is_event, might_be_event
     if binary.HEADER in request.headers:
         return "infer", binary.frame(request.body, request.headers[binary.HEADER])
     kind, _ = media_type(request.content_type)
     if kind == JSON or kind.endswith("+json") or sniff(request.body) == "json":
+        from onnxfn.events.envelopes import is_event, might_be_event  # JSON only: an image skips events
         if might_be_event(request.body):
             document = routes.parse_json(request.body)
             if is_event(document):

@@ -10,7 +10,7 @@ from typing import Any
 
 from onnxfn.codecs import binary, payload, tensor
 from onnxfn.codecs.image import Header
-from onnxfn.tasks import detect, postprocess, preprocess, tiling, volume
+from onnxfn.tasks import detect, postprocess, preprocess, tiling
 from onnxfn.errors import BadRequest, InferenceError, NotAcceptable, NotFound, ResponseTooLarge
 from onnxfn.runtime.loader import Runner
 from onnxfn.runtime.model import Model
@@ -320,6 +320,7 @@ class _Run:
     def volume(self, images: list) -> tuple[dict, list[bytes]]:
         """The task's result for frames stacked as one volume (`tasks.volume`), run once; `images` is emptied
         once stacked. A segmentation's result is one mask per frame, in the file's order."""
+        from onnxfn.tasks import volume  # 3-D bundles only: not on an image's cold path
         m, timer = self.model.manifest, self.timer
         with timer.step("preprocess"):
             feed, geometry, stacked = volume.stack(images, self.spec)
