@@ -79,7 +79,10 @@ VARIANTS = {
     "hash-1mib": {"hash_block": 1 << 20},                    # the artifact hashed in 1 MiB blocks (before f99d700)
     "preimport": {"preimport": 1},                           # runtime.loader imported before the fdk starts
     "overlap": {"overlap_engine": 1},                        # onnxruntime imported beside the sha256 (+ preimport)
+    "nopyc": {},                                             # onnxfn without .pyc, as layers/Dockerfile ships it
 }
+#: where the `nopyc` variant's copy of functions/ and shared/onnxfn (no __pycache__) is made
+NOPYC = CACHE / "handwritten" / "nopyc"
 JOIN = ("import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid())); del sys.argv[1]; "
         "sys.argv[0] = 'fdk'; from fdk.scripts.fdk import main; main()")
 
@@ -189,8 +192,30 @@ def candidates(names: list[str], model: Path, bundle_dir: Path, artifact: str, t
             continue
         env = {"ONNXFN_BAKED_BUNDLE": str(bundle_dir), "MODEL_URI": str(bundle_dir), "ONNXFN_ARTIFACT": artifact,
                "ONNXFN_THREADS": str(threads), "ONNXFN_BENCH_SESSION": json.dumps(VARIANTS.get(name, {}))}
+        if name == "nopyc":  # a read-only image without onnxfn's .pyc compiles every module at every cold start
+            out.append(Candidate(name, {**env, "PYTHONDONTWRITEBYTECODE": "1"}, _without_pyc(), group))
+            continue
         out.append(Candidate(name, env, ENTRY if name == "onnxfn" else VARIANT, group))
     return out
+
+
+def compiled() -> None:
+    """Byte-compile onnxfn and the entry points in place, as a built image holds them: the checkout's .pyc go stale
+    as files are edited, and with PYTHONDONTWRITEBYTECODE (inherited by the functions) every cold start would
+    compile them again, which no deployed function does once its image is built right."""
+    import compileall
+    for folder in (ROOT / "shared" / "onnxfn", ROOT / "functions", BENCH / "handwritten"):
+        compileall.compile_dir(folder, quiet=1)
+
+
+def _without_pyc() -> Path:
+    """A fresh copy of functions/ and shared/onnxfn without __pycache__; its entry point."""
+    import shutil
+    shutil.rmtree(NOPYC, ignore_errors=True)
+    skip = shutil.ignore_patterns("__pycache__", "tools")
+    shutil.copytree(ROOT / "functions", NOPYC / "functions", ignore=skip)
+    shutil.copytree(ROOT / "shared" / "onnxfn", NOPYC / "shared" / "onnxfn", ignore=skip)
+    return NOPYC / "functions" / "func.py"
 
 
 def _threads_for(group: Cgroup | None) -> int:
@@ -348,6 +373,7 @@ def main() -> int:
     print(f"cpu {report['machine']['describe']}, onnxruntime {onnxruntime.__version__}, "
           f"load average {report['load_before']}", flush=True)
 
+    compiled()
     if "warm" in phases:
         report["warm"] = {}
         for kind in args.artifacts.split(","):
