@@ -71,6 +71,7 @@ class Service:
     def __init__(self, settings: Settings, runner: Runner | None = None):
         self.settings = settings
         self.runner = runner or Runner(settings)
+        self._memory_limit: list[int | None] = []  # found on the first admission: fixed for a container's life
 
     # -- model ------------------------------------------------------------------------
     def model(self, timer: Timer | None = None, name: str | None = None, version: str | None = None,
@@ -212,7 +213,9 @@ class Service:
     def admit(self, model: Model, spec: InputSpec, header: Header) -> "admission.Plan":
         """Whether an image with this header fits the function's memory, whole or tile by tile
         (`admission.decide`); `InsufficientMemory` (413) when it does not."""
-        limit = memory.limit(self.settings)
+        if not self._memory_limit:  # Fn gives a container its memory when it starts; reading it cost 0.1 ms a call
+            self._memory_limit.append(memory.limit(self.settings))
+        limit = self._memory_limit[0]
         available = memory.available(limit) if limit is not None else None
         m = model.manifest
         segmentation = m.task == "segmentation"
