@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxfn.codecs import binary, payload, tensor
+from onnxfn.codecs import binary, payload
 from onnxfn.codecs.image import Header
 from onnxfn.tasks import detect, postprocess, preprocess, tiling
 from onnxfn.errors import BadRequest, InferenceError, NotAcceptable, NotFound, ResponseTooLarge
@@ -235,6 +235,7 @@ class Service:
         """An OIP v2 inference request in, OIP outputs out (with the call's figures in `parameters`). `document`
         is the JSON request, or a `binary.Framed` one (binary extension); outputs asked for as binary come back
         in `Answer.tensors`."""
+        from onnxfn.codecs import tensor  # OIP only: an image's cold path does without it
         timer = Timer()
         model, cold = self.model(timer, name, version, deadline, inference=True)
         m = model.manifest
@@ -270,6 +271,7 @@ class Service:
 
     def metadata(self, name: str | None = None, version: str | None = None, deadline: float | None = None) -> dict:
         """OIP model metadata: inputs as the manifest declares them, outputs as the session has them."""
+        from onnxfn.codecs import tensor
         model, _ = self.model(None, name, version, deadline)
         m = model.manifest
         return {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx",
@@ -384,6 +386,8 @@ def check_answer(outputs: dict, binary_output, limit: int) -> None:
 
     import numpy as np
 
+    from onnxfn.codecs import tensor
+
     total = 0
     for name, value in outputs.items():
         value = np.asarray(value)
@@ -413,6 +417,7 @@ def out_channels(model: Model, spec: InputSpec) -> int:
 def oip_outputs(outputs: dict, binary_output: bool = False) -> tuple[dict, list[bytes]]:
     """A tensor task's `result`: `{"outputs": [...]}` as OIP outputs (JSON data, or `binary_data_size` with the
     bytes in the returned list, in order, when `binary_output`)."""
+    from onnxfn.codecs import tensor
     encoded, tensors = [], []
     for name, value in outputs.items():
         if binary_output:

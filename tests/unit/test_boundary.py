@@ -37,7 +37,7 @@ def test_a_call_through_the_entry_point_loads_no_tool():
     assert [m for m in result["modules"] if m.startswith("onnxfn.tools")] == []
     # an image's cold path: no events, storage clients, DICOM codecs or 3-D tasks (import time is cold-start time)
     off_path = ("onnxfn.events", "onnxfn.storage.s3", "onnxfn.storage.oci", "onnxfn.storage.par", "onnxfn.storage.http",
-                "onnxfn.storage.sigv4", "onnxfn.codecs.dicom", "onnxfn.tasks.volume")
+                "onnxfn.storage.sigv4", "onnxfn.codecs.dicom", "onnxfn.codecs.tensor", "onnxfn.tasks.volume")
     assert [m for m in result["modules"] if m.startswith(off_path)] == []
 
 
