@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,6 +265,35 @@ def compile_layer(layer: Path) -> str:
     if result.returncode != 0:
         raise LayerError(f"byte-compiling {layer} failed:\n{result.stdout[-3000:]}")
     return "byte-compiled (unchecked-hash .pyc)"
+
+
+#: the function's own code, as the image holds it (layers/Dockerfile's COPY lines): source folder -> image folder
+FUNCTION_SOURCES = {"functions": "/function/functions", "shared/onnxfn": "/function/shared/onnxfn"}
+
+
+def compile_function(out: Path, root: Path = ROOT) -> str:
+    """The function's own .pyc, for the image: `out/pyc/<folder>/**/__pycache__` for each of `FUNCTION_SOURCES`
+    (the tools left out), compiled as checked-hash .pyc with the image's paths. The image's file system is
+    read-only, so without them every cold start compiled onnxfn (57-60 ms, docs/benchmarks/handwritten.md).
+    Checked-hash: Python compares each .pyc with its source's hash, so sources changed after this build are
+    compiled again rather than run stale. Only the __pycache__ folders are kept: the sources come from the repo."""
+    if sys.version_info[:2] != tuple(int(v) for v in PYTHON_VERSION.split(".")):
+        return f"function not byte-compiled: this is Python {platform.python_version()}, the image runs {PYTHON_VERSION}"
+    target = out / "pyc"
+    shutil.rmtree(target, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder, image_path in FUNCTION_SOURCES.items():
+            copy = Path(tmp) / folder
+            shutil.copytree(root / folder, copy, ignore=shutil.ignore_patterns("__pycache__", "tools", "*.pyc"))
+            result = subprocess.run([sys.executable, "-m", "compileall", "-q", "-f", "--invalidation-mode",
+                                     "checked-hash", "-s", str(copy), "-p", image_path, str(copy)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if result.returncode != 0:
+                raise LayerError(f"byte-compiling {folder} failed:\n{result.stdout[-3000:]}")
+            for cache in copy.rglob("__pycache__"):
+                shutil.copytree(cache, target / folder / cache.relative_to(copy))
+    count = sum(1 for _ in target.rglob("*.pyc"))
+    return f"the function's own code byte-compiled: {count} checked-hash .pyc in {target}"
 
 
 def check_scripts(layer: Path, interpreter: str = RUN_IMAGE_PYTHON) -> list[str]:
@@ -580,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     try:
         wanted = pins(args.requirements)
+        if not args.check_only:
+            print(compile_function(out))
         failed = False
         for arch in arches(args.arch):
             facts = build_one(arch, out, args.requirements, wanted, do_trim=args.trim, check_only=args.check_only)

@@ -3,6 +3,7 @@ func.yaml, and — marked slow, run only on request — the aarch64 layer under 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,26 @@ def test_dockerfile_entrypoint_and_layers_agree_with_func_yaml_and_the_builder()
     for docker_arch, arch in (("amd64", "x86_64"), ("arm64", "aarch64")):
         assert f"FROM scratch AS layer-{docker_arch}\nCOPY layers/build/{arch}/python /python" in dockerfile
         assert f"!layers/build/{arch}/python/" in (ROOT / "layers" / "Dockerfile.dockerignore").read_text()
+    for folder, image_path in build.FUNCTION_SOURCES.items():  # the sources and then their .pyc, at one path
+        assert f"COPY {folder}/ {image_path}/\n" in dockerfile
+        assert f"COPY layers/build/pyc/{folder}/ {image_path}/\n" in dockerfile
+    assert "!layers/build/pyc/" in (ROOT / "layers" / "Dockerfile.dockerignore").read_text()
+
+
+def test_the_function_ships_checked_hash_pyc_with_the_image_paths(tmp_path):
+    import importlib.util
+    import marshal
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("the image runs Python 3.11")
+    print(build.compile_function(tmp_path))
+    pycs = sorted((tmp_path / "pyc").rglob("*.pyc"))
+    names = {p.relative_to(tmp_path / "pyc").as_posix() for p in pycs}
+    assert "shared/onnxfn/__pycache__/service.cpython-311.pyc" in names
+    assert "functions/__pycache__/func.cpython-311.pyc" in names
+    assert not any("/tools/" in n for n in names) and not any(p.suffix == ".py" for p in (tmp_path / "pyc").rglob("*"))
+    data = (tmp_path / "pyc" / "shared/onnxfn/__pycache__/service.cpython-311.pyc").read_bytes()
+    assert data[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(data[4:8], "little") == 0b11  # checked hash
+    assert marshal.loads(data[16:]).co_filename == "/function/shared/onnxfn/service.py"
 
 
 # -- emulation (helpers fast; the run itself slow) -------------------------------------------------------
