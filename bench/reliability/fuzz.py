@@ -50,6 +50,7 @@ import random
 import resource
 import struct
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
@@ -870,7 +871,8 @@ def save(case: Case, outcome: Outcome, out: Path, name: str) -> Path:
     (out / f"{name}.bin").write_bytes(case.body)
     meta = {k: v for k, v in asdict(case).items() if k != "body"}
     meta.update(body=f"{name}.bin", crash=outcome.crash, status=outcome.status, code=outcome.code,
-                detail=outcome.detail)
+                detail=outcome.detail.replace(str(ROOT) + "/", "").replace(sysconfig.get_paths()["purelib"],
+                                                                           "<site-packages>"))  # no machine paths
     path = out / f"{name}.json"
     path.write_text(json.dumps(meta, indent=1))
     return path
