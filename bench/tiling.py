@@ -32,7 +32,7 @@ SEED = 900003
 def case(png: Path, tile: int, threads: int, mask_path: Path) -> dict:
     """One measurement, in this (fresh) process: tile 0 = whole-image inference."""
     from onnxfn.bundles import bundle as bundles
-    from onnxfn.bundles.manifest import Tiling
+    from onnxfn.bundles.images import Tiling
     from onnxfn.codecs import payload
     from onnxfn.runtime import session as sessions
     from onnxfn.tasks import postprocess, preprocess, tiling

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 for extra in (ROOT / "shared", ROOT / "bench"):
     sys.path.insert(0, str(extra))
 
-from onnxfn.bundles.manifest import ImageSpec  # noqa: E402
+from onnxfn.bundles.images import ImageSpec  # noqa: E402
 from onnxfn.codecs import dicom, image as images  # noqa: E402
 from onnxfn.tasks import preprocess  # noqa: E402
 

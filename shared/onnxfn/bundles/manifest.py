@@ -5,24 +5,20 @@ every error names the field at fault (for example `inputs[0].image.mean`).
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from onnxfn.errors import BundleError
+from onnxfn.bundles import images
+from onnxfn.bundles.images import ImageSpec
+from onnxfn.bundles.reader import Reader
 
 FORMAT = 1
 TASKS = ("classification", "segmentation", "tensor", "detection")
 DTYPES = ("float32", "float64", "float16", "uint8", "uint16", "uint32", "uint64",
           "int8", "int16", "int32", "int64", "bool", "string")
 LAYOUTS = ("NCHW", "NHWC", "CHW", "HWC", "NHW", "HW", "NF", "NCDHW", "NDHWC")
-FRAMES = ("first", "each", "volume")  # how a multi-frame image is served (None: refused)
 FRAME_TASKS = {"each": ("classification", "segmentation"), "volume": ("classification", "segmentation", "tensor")}
-COLORS = ("L", "RGB")
-FITS = ("stretch", "pad", "crop")
-RESAMPLES = ("nearest", "bilinear", "bicubic", "lanczos", "area")
-SCALINGS = ("unit", "raw", "window", "minmax")
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 DECISIONS = ("argmax", "threshold")
 DETECTION_FORMATS = ("boxes", "yolo")
@@ -32,30 +28,11 @@ ARTIFACT_KINDS = ("portable", "optimized", "int8")
 ARCHES = ("x86_64", "aarch64")
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx", "asimddp", "i8mm", "bf16", "sve")
 OPT_LEVELS = ("DISABLE", "BASIC", "EXTENDED", "ALL")
-BLENDS = ("gaussian", "constant")
 SEGMENTATION_TYPES = ("binary", "fractional")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 Dim = int | str  # a static size, or the name of a dynamic dimension
-
-
-@dataclass(frozen=True)
-class Window:
-    """A VOI window in physical units (after rescale): center - width/2 maps to 0, center + width/2 to 1."""
-    center: float
-    width: float
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Sliding-window inference for a fully convolutional model (the MONAI `sliding_window_inference` way):
-    an image whose whole-image inference would not fit the function's memory is run tile by tile, `tile`
-    (height, width) pixels at a time, neighbours overlapping by `overlap` of a tile, and the tiles' outputs
-    blended (`gaussian`: weighted towards each tile's centre; `constant`: averaged)."""
-    tile: tuple[int, int]
-    overlap: float = 0.25
-    blend: str = "gaussian"
 
 
 @dataclass(frozen=True)
@@ -70,31 +47,6 @@ class MemoryCost:
     def bytes(self, elements: int) -> int:
         """The peak memory, in bytes, of one inference on an input of `elements` elements."""
         return int(self.fixed + self.per_element * elements)
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """How a decoded image becomes this input's tensor."""
-    color: str = "L"
-    size: tuple[int, int] | None = None  # (height, width); None keeps the image's size
-    fit: str = "stretch"
-    resample: str = "bilinear"
-    pad_multiple: int = 1
-    pad_value: float = 0.0
-    scaling: str = "unit"
-    rescale: tuple[float, float] = (1.0, 0.0)  # (slope, intercept) for non-DICOM images
-    window: Window | None = None
-    window_source: str = "manifest"  # or "file": a DICOM file's own VOI window wins
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    channel_order: str = "RGB"
-    tiling: Tiling | None = None
-    frames: str | None = None  # multi-frame images: "first", "each" (one answer per frame), "volume"; None refuses
-
-    @property
-    def channels(self) -> int:
-        """The channel count the input takes: 1 for L (grey), 3 for RGB."""
-        return 1 if self.color == "L" else 3
 
 
 @dataclass(frozen=True)
@@ -257,61 +209,9 @@ def _strip(value):
     return value
 
 
-# ---------------------------------------------------------------- parsing
-
-class _Reader:
-    """Reads one JSON object, naming `where` in every error."""
-
-    def __init__(self, data: Any, where: str):
-        if not isinstance(data, dict):
-            raise BundleError(f"manifest field {where or 'root'} must be an object, got {type(data).__name__}",
-                              code="invalid_manifest")
-        self.data, self.where = data, where
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str, message: str) -> BundleError:
-        return BundleError(f"manifest field {self.path(key)} {message}", code="invalid_manifest")
-
-    def get(self, key: str, kind: type | tuple, default: Any = ..., choices: tuple | None = None):
-        if key not in self.data or self.data[key] is None:
-            if default is ...:
-                raise self.fail(key, "is missing")
-            return default
-        value = self.data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.fail(key, f"must be {names}, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise self.fail(key, "must be a finite number")
-        if choices is not None and value not in choices:
-            raise self.fail(key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
-        return value
-
-    def numbers(self, key: str, default: Any = None, length: int | None = None) -> tuple[float, ...] | None:
-        values = self.get(key, list, default)
-        if values is default:
-            return default
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                 for v in values):
-            raise self.fail(key, "must be a non-empty list of finite numbers")
-        if length is not None and len(values) != length:
-            raise self.fail(key, f"must hold {length} numbers, got {len(values)}")
-        return tuple(float(v) for v in values)
-
-    def items(self, key: str) -> list["_Reader"]:
-        values = self.get(key, list)
-        if not values:
-            raise self.fail(key, "must be a non-empty list")
-        return [_Reader(v, f"{self.path(key)}[{i}]") for i, v in enumerate(values)]
-
-
 def parse(data: Any) -> Manifest:
     """Validate a manifest's JSON value and build the typed manifest."""
-    r = _Reader(data, "")
+    r = Reader(data, "")
     fmt = r.get("format", int, FORMAT)
     if fmt != FORMAT:
         raise r.fail("format", f"is {fmt}, but this onnxfn reads format {FORMAT}: upgrade onnxfn or repackage the bundle")
@@ -325,9 +225,9 @@ def parse(data: Any) -> Manifest:
     outputs = tuple(_output(o) for o in r.items("outputs"))
     artifacts = tuple(_artifact(a) for a in r.items("artifacts"))
     tuning = tuple(_tuning(t) for t in r.items("tuning")) if data.get("tuning") else ()
-    detection = _detection(_Reader(data["detection"], "detection")) if data.get("detection") is not None else None
-    example = _example(_Reader(data["example"], "example")) if data.get("example") is not None else None
-    memory = _memory(_Reader(data["memory"], "memory")) if data.get("memory") is not None else None
+    detection = _detection(Reader(data["detection"], "detection")) if data.get("detection") is not None else None
+    example = _example(Reader(data["example"], "example")) if data.get("example") is not None else None
+    memory = _memory(Reader(data["memory"], "memory")) if data.get("memory") is not None else None
     known = {"format", "name", "version", "task", "inputs", "outputs", "artifacts", "description", "tuning",
              "detection", "example", "memory"}
     manifest = Manifest(name=name, version=version, task=task, inputs=inputs, outputs=outputs,
@@ -338,7 +238,7 @@ def parse(data: Any) -> Manifest:
     return manifest
 
 
-def _input(r: _Reader) -> InputSpec:
+def _input(r: Reader) -> InputSpec:
     shape = r.get("shape", list)
     dims: list[Dim] = []
     for i, d in enumerate(shape):
@@ -348,7 +248,7 @@ def _input(r: _Reader) -> InputSpec:
     layout = r.get("layout", str, None, choices=LAYOUTS)
     if layout is not None and len(layout) != len(dims):
         raise r.fail("layout", f"{layout} has {len(layout)} axes but shape has {len(dims)}")
-    image = _image(_Reader(r.data["image"], r.path("image"))) if r.data.get("image") is not None else None
+    image = images.parse(Reader(r.data["image"], r.path("image"))) if r.data.get("image") is not None else None
     spec = InputSpec(name=r.get("name", str), dtype=r.get("dtype", str, choices=DTYPES),
                      shape=tuple(dims), layout=layout, image=image)
     if image is not None:
@@ -356,66 +256,7 @@ def _input(r: _Reader) -> InputSpec:
     return spec
 
 
-def _image(r: _Reader) -> ImageSpec:
-    size = r.get("size", list, None)
-    if size is not None:
-        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-            raise r.fail("size", f"must be [height, width] in pixels, got {size!r}")
-        size = (size[0], size[1])
-    window = None
-    if r.data.get("window") is not None:
-        w = _Reader(r.data["window"], r.path("window"))
-        window = Window(center=w.get("center", float), width=w.get("width", float))
-        if window.width <= 0:
-            raise w.fail("width", f"must be positive, got {window.width}")
-    color = r.get("color", str, "L", choices=COLORS)
-    channels = 1 if color == "L" else 3
-    spec = ImageSpec(
-        color=color, size=size,
-        fit=r.get("fit", str, "stretch", choices=FITS),
-        resample=r.get("resample", str, "bilinear", choices=RESAMPLES),
-        pad_multiple=r.get("pad_multiple", int, 1),
-        pad_value=r.get("pad_value", float, 0.0),
-        scaling=r.get("scaling", str, "unit", choices=SCALINGS),
-        rescale=r.numbers("rescale", (1.0, 0.0), length=2),
-        window=window,
-        window_source=r.get("window_source", str, "manifest", choices=("manifest", "file")),
-        mean=r.numbers("mean", None, length=channels),
-        std=r.numbers("std", None, length=channels),
-        channel_order=r.get("channel_order", str, "RGB", choices=("RGB", "BGR")),
-        tiling=_tiling(_Reader(r.data["tiling"], r.path("tiling"))) if r.data.get("tiling") is not None else None,
-        frames=r.get("frames", str, None, choices=FRAMES),
-    )
-    if spec.pad_multiple < 1:
-        raise r.fail("pad_multiple", f"must be 1 or more, got {spec.pad_multiple}")
-    if spec.std is not None and any(s == 0 for s in spec.std):
-        raise r.fail("std", "must not contain 0")
-    if spec.scaling == "window" and spec.window is None and spec.window_source == "manifest":
-        raise r.fail("window", "is required when scaling is 'window' (or set window_source to 'file')")
-    if spec.rescale[0] == 0:
-        raise r.fail("rescale", "slope must not be 0")
-    if spec.tiling is not None:
-        if spec.size is not None:
-            raise r.fail("tiling", "needs a fully convolutional model that keeps the image's size: remove `size` "
-                                   "(the image is then only padded to `pad_multiple`)")
-        for i, t in enumerate(spec.tiling.tile):
-            if t % spec.pad_multiple:
-                raise r.fail(f"tiling.tile[{i}]", f"is {t}, not a multiple of pad_multiple {spec.pad_multiple}")
-    return spec
-
-
-def _tiling(r: _Reader) -> Tiling:
-    tile = r.get("tile", list)
-    if len(tile) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in tile):
-        raise r.fail("tile", f"must be [height, width] in pixels, each 8 or more; got {tile!r}")
-    spec = Tiling(tile=(tile[0], tile[1]), overlap=r.get("overlap", float, 0.25),
-                  blend=r.get("blend", str, "gaussian", choices=BLENDS))
-    if not 0.0 <= spec.overlap < 1.0:
-        raise r.fail("overlap", f"must lie in [0, 1), a fraction of the tile; got {spec.overlap}")
-    return spec
-
-
-def _memory(r: _Reader) -> MemoryCost:
+def _memory(r: Reader) -> MemoryCost:
     fixed = r.get("fixed", int)
     per_element = r.get("per_element", float)
     if fixed < 0 or per_element < 0:
@@ -426,7 +267,7 @@ def _memory(r: _Reader) -> MemoryCost:
     return MemoryCost(fixed=fixed, per_element=per_element, measured=tuple(measured))
 
 
-def _check_image_input(spec: InputSpec, r: _Reader) -> None:
+def _check_image_input(spec: InputSpec, r: Reader) -> None:
     image = spec.image
     if spec.layout is None:
         raise r.fail("layout", f"is required for an image input (one of {', '.join(LAYOUTS)})")
@@ -460,7 +301,7 @@ def _check_image_input(spec: InputSpec, r: _Reader) -> None:
         raise r.fail("image.size", "is required when only one of height and width is fixed")
 
 
-def _check_depth(spec: InputSpec, r: _Reader) -> None:
+def _check_depth(spec: InputSpec, r: Reader) -> None:
     """A depth axis (D) and `frames: "volume"` go together: the frames are what fills that axis."""
     image = spec.image
     if spec.axis("D") is not None and image.frames != "volume":
@@ -473,7 +314,7 @@ def _check_depth(spec: InputSpec, r: _Reader) -> None:
         raise r.fail("image.tiling", "applies to 2-D images; frames \"volume\" runs the whole volume at once")
 
 
-def _output(r: _Reader) -> OutputSpec:
+def _output(r: Reader) -> OutputSpec:
     labels = r.get("labels", list, None)
     if labels is not None:
         if not labels or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in labels):
@@ -491,7 +332,7 @@ def _output(r: _Reader) -> OutputSpec:
     return spec
 
 
-def _codes(r: _Reader, labels: tuple[str, ...] | None) -> tuple[LabelCode | None, ...] | None:
+def _codes(r: Reader, labels: tuple[str, ...] | None) -> tuple[LabelCode | None, ...] | None:
     """One entry per label (null: the default code), each a coded concept with an optional category."""
     codes = r.get("codes", list, None)
     if codes is None:
@@ -503,17 +344,17 @@ def _codes(r: _Reader, labels: tuple[str, ...] | None) -> tuple[LabelCode | None
         if entry is None:
             out.append(None)
             continue
-        c = _Reader(entry, r.path(f"codes[{i}]"))
-        category = _concept(_Reader(entry["category"], c.path("category"))) if entry.get("category") else None
+        c = Reader(entry, r.path(f"codes[{i}]"))
+        category = _concept(Reader(entry["category"], c.path("category"))) if entry.get("category") else None
         out.append(LabelCode(*_concept_fields(c), category=category))
     return tuple(out)
 
 
-def _concept(r: _Reader) -> Concept:
+def _concept(r: Reader) -> Concept:
     return Concept(*_concept_fields(r))
 
 
-def _concept_fields(r: _Reader) -> tuple[str, str, str]:
+def _concept_fields(r: Reader) -> tuple[str, str, str]:
     """scheme, value and meaning, each within what DICOM's code sequence attributes hold."""
     fields = []
     for key, limit in (("scheme", 16), ("value", 64), ("meaning", 64)):
@@ -524,7 +365,7 @@ def _concept_fields(r: _Reader) -> tuple[str, str, str]:
     return fields[0], fields[1], fields[2]
 
 
-def _detection(r: _Reader) -> DetectionSpec:
+def _detection(r: Reader) -> DetectionSpec:
     fmt = r.get("format", str, choices=DETECTION_FORMATS)
     names = {key: r.get(key, str, None) for key in ("boxes", "scores", "labels")}
     if fmt == "boxes":
@@ -548,7 +389,7 @@ def _detection(r: _Reader) -> DetectionSpec:
     return spec
 
 
-def _pinned(r: _Reader) -> tuple[str, str, int]:
+def _pinned(r: Reader) -> tuple[str, str, int]:
     """A bundle file's path, sha256 and size, checked."""
     path = r.get("path", str)
     if path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
@@ -562,17 +403,17 @@ def _pinned(r: _Reader) -> tuple[str, str, int]:
     return path, sha, size
 
 
-def _example(r: _Reader) -> Example:
+def _example(r: Reader) -> Example:
     path, sha, size = _pinned(r)
     if not path.endswith(".npz"):
         raise r.fail("path", f"must name an .npz file (one array per input name), got {path!r}")
     return Example(path=path, sha256=sha, size=size)
 
 
-def _artifact(r: _Reader) -> Artifact:
+def _artifact(r: Reader) -> Artifact:
     path, sha, size = _pinned(r)
     kind = r.get("kind", str, "portable", choices=ARTIFACT_KINDS)
-    requires = _requirement(_Reader(r.data["requires"], r.path("requires"))) if r.data.get("requires") else None
+    requires = _requirement(Reader(r.data["requires"], r.path("requires"))) if r.data.get("requires") else None
     if kind == "portable" and requires is not None:
         raise r.fail("requires", "does not apply to the portable artifact, which must run anywhere")
     if kind != "portable" and requires is None:
@@ -585,7 +426,7 @@ def _artifact(r: _Reader) -> Artifact:
                     accuracy=accuracy)
 
 
-def _requirement(r: _Reader) -> Requirement:
+def _requirement(r: Reader) -> Requirement:
     arch = r.get("arch", str, choices=ARCHES)
     features = r.get("features", list, [])
     for i, feature in enumerate(features):
@@ -594,8 +435,8 @@ def _requirement(r: _Reader) -> Requirement:
     return Requirement(arch, tuple(sorted(set(features))))
 
 
-def _tuning(r: _Reader) -> Tuning:
-    requires = _requirement(_Reader(r.data.get("requires"), r.path("requires")))
+def _tuning(r: Reader) -> Tuning:
+    requires = _requirement(Reader(r.data.get("requires"), r.path("requires")))
     threads = r.get("intra_op_threads", int, None)
     if threads is not None and threads < 1:
         raise r.fail("intra_op_threads", f"must be 1 or more (or absent: from the CPU quota), got {threads}")
@@ -606,7 +447,7 @@ def _tuning(r: _Reader) -> Tuning:
                   measured=r.get("measured", dict, None))
 
 
-def _check(m: Manifest, r: _Reader) -> None:
+def _check(m: Manifest, r: Reader) -> None:
     for key, items in (("inputs", m.inputs), ("outputs", m.outputs), ("artifacts", m.artifacts)):
         names = [getattr(i, "path" if key == "artifacts" else "name") for i in items]
         dup = {n for n in names if names.count(n) > 1}
@@ -656,14 +497,14 @@ def _check(m: Manifest, r: _Reader) -> None:
     _check_frames(m, images[0], r)
 
 
-def _check_frames(m: Manifest, spec: InputSpec, r: _Reader) -> None:
+def _check_frames(m: Manifest, spec: InputSpec, r: Reader) -> None:
     frames = spec.image.frames
     if frames in FRAME_TASKS and m.task not in FRAME_TASKS[frames]:
         raise r.fail("inputs[0].image.frames", f"{frames} applies to {' and '.join(FRAME_TASKS[frames])} models; "
                                                f"this is a {m.task} model")
 
 
-def _check_detection(m: Manifest, r: _Reader) -> None:
+def _check_detection(m: Manifest, r: Reader) -> None:
     d = m.detection
     if d is None:
         raise r.fail("detection", "is required for detection: format boxes (post-NMS boxes, scores and labels "

@@ -19,7 +19,7 @@ import numpy as np
 
 from onnxfn.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from onnxfn.codecs.image import Admit, Header, Image, check_pixels
-from onnxfn.bundles.manifest import Window
+from onnxfn.bundles.images import Window
 
 DECODER_ADVICE = ("install a decoder for it next to pydicom: pylibjpeg with pylibjpeg-libjpeg "
                   "(JPEG lossless, JPEG-LS, 12-bit JPEG) or pylibjpeg-openjpeg (JPEG 2000), or gdcm; "

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from onnxfn.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from onnxfn.bundles.manifest import Window
+from onnxfn.bundles.images import Window
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
 # What Pillow raises on damaged files (TypeError and struct.error come from broken TIFF tags)

@@ -17,7 +17,8 @@ import numpy as np
 
 from onnxfn.errors import BadRequest
 from onnxfn.codecs.image import Image
-from onnxfn.bundles.manifest import ImageSpec, InputSpec
+from onnxfn.bundles.images import ImageSpec
+from onnxfn.bundles.manifest import InputSpec
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "area": 4}  # PIL.Image.Resampling

@@ -9,7 +9,7 @@ import pytest
 
 from onnxfn.bundles import manifest
 from onnxfn.errors import BundleError
-from onnxfn.bundles.manifest import Window
+from onnxfn.bundles.images import Window
 
 DELETE = object()
 

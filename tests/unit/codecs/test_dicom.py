@@ -15,7 +15,7 @@ from tests.support.images import damage, pydicom_file
 from tests.support.volumes import group
 from onnxfn.codecs import dicom
 from onnxfn.errors import BadRequest, OnnxfnError, PayloadTooLarge, UnsupportedMediaType
-from onnxfn.bundles.manifest import Window
+from onnxfn.bundles.images import Window
 
 LIMIT = 10_000_000
 
@@ -189,7 +189,8 @@ def test_colour_with_fewer_bits_stored_keeps_them():
 
 
 def test_16bit_colour_feeds_an_rgb_model_scaled_by_its_bits():
-    from onnxfn.bundles.manifest import ImageSpec, InputSpec
+    from onnxfn.bundles.images import ImageSpec
+    from onnxfn.bundles.manifest import InputSpec
     from onnxfn.tasks.preprocess import prepare
 
     im = dicom.decode(raw("SC_rgb_rle_16bit.dcm"), LIMIT)

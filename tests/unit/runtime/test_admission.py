@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from onnxfn.bundles.manifest import ImageSpec, InputSpec, MemoryCost, Tiling
+from onnxfn.bundles.images import ImageSpec, Tiling
+from onnxfn.bundles.manifest import InputSpec, MemoryCost
 from onnxfn.codecs.image import Header
 from onnxfn.errors import InsufficientMemory
 from onnxfn.runtime import admission

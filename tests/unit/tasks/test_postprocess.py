@@ -12,7 +12,8 @@ from PIL import Image as PILImage
 
 from onnxfn.tasks import postprocess
 from onnxfn.errors import InferenceError
-from onnxfn.bundles.manifest import ImageSpec, InputSpec, OutputSpec
+from onnxfn.bundles.images import ImageSpec
+from onnxfn.bundles.manifest import InputSpec, OutputSpec
 from onnxfn.tasks.preprocess import Geometry
 
 

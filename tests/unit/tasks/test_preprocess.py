@@ -8,11 +8,11 @@ from hypothesis import given, settings, strategies as st
 
 from tests.support.images import pydicom_file
 from onnxfn.codecs import dicom
-from onnxfn.bundles import manifest
+from onnxfn.bundles import images, manifest
 from onnxfn.tasks import preprocess
 from onnxfn.errors import BadRequest
 from onnxfn.codecs.image import Image
-from onnxfn.bundles.manifest import Window
+from onnxfn.bundles.images import Window
 from onnxfn.tasks.preprocess import Geometry
 
 SHAPES = {"NCHW": ["N", "C", "H", "W"], "NHWC": ["N", "H", "W", "C"], "CHW": ["C", "H", "W"],
@@ -455,7 +455,7 @@ def test_a_model_sized_label_mask_restores_to_the_image_size(h, w, th, tw, fit):
 
 # ------------------------------------------------------------------ integer resize first (8-bit, shrinking, linear)
 
-def float_order(image: Image, cfg: manifest.ImageSpec):
+def float_order(image: Image, cfg: images.ImageSpec):
     """normalise with the integer path turned off: colour, intensity, then the float32 resize."""
     path = preprocess._resizes_first
     preprocess._resizes_first = lambda *_: False

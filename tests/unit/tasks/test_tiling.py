@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from onnxfn.bundles import bundle as bundles
 from onnxfn.bundles import manifest
-from onnxfn.bundles.manifest import Tiling
+from onnxfn.bundles.images import Tiling
 from onnxfn.codecs.image import Image
 from onnxfn.errors import InferenceError
 from onnxfn.runtime import session as sessions
