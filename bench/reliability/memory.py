@@ -9,7 +9,6 @@ Needs root and cgroup v1 (the cgroup is created and removed here)."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -22,23 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "shared"), str(ROOT)]
 
+from tests.support.cgroups import FDK  # noqa: E402
+from tests.support.images import lesion_png  # noqa: E402
+
 MEMORY_V1 = Path("/sys/fs/cgroup/memory")
-JOIN = "import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid())); del sys.argv[1]; "
-FDK = JOIN + "sys.argv[0] = 'fdk'; from fdk.scripts.fdk import main; main()"
 MB = 1 << 20
-
-
-def lesion_png(size: int) -> bytes:
-    """A size x size 16-bit PNG of HU + 1024: zeros with a bright square in the middle (a 'lesion')."""
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.zeros((size, size), dtype=np.uint16)
-    q = size // 4
-    pixels[q:size - q, q:size - q] = 1024 + 80
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
 
 
 def tiled_bundle(folder: Path, tile: int, overlap: float = 0.25) -> Path:

@@ -13,21 +13,10 @@ import pytest
 from PIL import Image
 
 from onnxfn.tools.dev.agent import Function
-from tests.support.cgroups import JOIN
+from tests.support.cgroups import FDK
+from tests.support.images import lesion_png
 from tests.support.models import MODELS
-
-FDK = JOIN + "sys.argv[0] = 'fdk'; from fdk.scripts.fdk import main; main()"
 MB = 1 << 20
-
-
-def lesion_png(size: int) -> bytes:
-    """A 16-bit PNG of HU + 1024: zeros with a bright square in the middle; tiny whatever its size."""
-    pixels = np.zeros((size, size), dtype=np.uint16)
-    q = size // 4
-    pixels[q:size - q, q:size - q] = 1024 + 80
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
 
 
 def unet(tmp_path, tile: int | None):

@@ -45,3 +45,5 @@ def memory_cgroup():
 
 #: Python code that moves its own process into the cgroup named by argv[1] (then dropped from argv).
 JOIN = "import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid())); del sys.argv[1]; "
+#: The fdk, started in the cgroup named by argv[1] (the function's entry and handler follow).
+FDK = JOIN + "sys.argv[0] = 'fdk'; from fdk.scripts.fdk import main; main()"

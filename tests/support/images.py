@@ -47,3 +47,15 @@ def damage(data: bytes, edits, insert: int) -> bytes:
         else:
             out[at:at] = bytes([value]) * insert
     return bytes(out)
+
+
+def lesion_png(size: int) -> bytes:
+    """A size x size 16-bit PNG of HU + 1024 for the demo U-Net: zeros with a bright square in the middle (a
+    'lesion'); a few KB whatever its size, so it passes every body limit."""
+    from PIL import Image
+    pixels = np.zeros((size, size), dtype=np.uint16)
+    q = size // 4
+    pixels[q:size - q, q:size - q] = 1024 + 80
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()

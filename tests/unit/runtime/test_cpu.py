@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from onnxfn.runtime import cpu
-from tests.support.cgroups import JOIN
+from tests.support.cgroups import FDK, JOIN
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -185,9 +185,8 @@ def test_the_function_in_a_child_cgroup_sizes_its_session_from_that_quota(child_
     """The real fdk serving from a child cgroup of one CPU: the answer says one intra-op thread."""
     (child_cgroup / "cpu.cfs_period_us").write_text("100000")
     (child_cgroup / "cpu.cfs_quota_us").write_text("100000")
-    fdk = JOIN + "sys.argv[0] = 'fdk'; from fdk.scripts.fdk import main; main()"
     fn = function({"MODEL_URI": str(ROOT / "models" / "digits-cnn"), "ONNXFN_THREADS": "0",
-                   "ONNXFN_BAKED_BUNDLE": ""}, command=[sys.executable, "-c", fdk, str(child_cgroup)])
+                   "ONNXFN_BAKED_BUNDLE": ""}, command=[sys.executable, "-c", FDK, str(child_cgroup)])
     answer = fn.call((ROOT / "samples" / "digit-7.png").read_bytes(), "image/png").json()
     assert answer["result"]["label"] == "7" and answer["runtime"]["threads"] == 1
     assert str(fn.process.pid) in (child_cgroup / "cgroup.procs").read_text()
