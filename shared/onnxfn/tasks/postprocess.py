@@ -9,7 +9,7 @@ import numpy as np
 
 from onnxfn.errors import InferenceError
 from onnxfn.bundles.manifest import InputSpec, OutputSpec
-from onnxfn.tasks.preprocess import Geometry, _overlap, resize, restore
+from onnxfn.tasks.preprocess import Geometry, restore
 
 
 def activate(values: np.ndarray, activation: str, axis: int = -1) -> np.ndarray:
@@ -77,10 +77,7 @@ def probabilities(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec, g
     what a fractional DICOM SEG holds. An output without an activation is clipped to [0, 1]."""
     values = _channels_last(np.asarray(output), spec, input_spec)
     values = activate(values, spec.activation, axis=2) if spec.activation != "none" else values.astype(np.float32)
-    canvas = np.zeros((*geometry.resized, values.shape[2]), dtype=np.float32)
-    src, dst = _overlap(geometry.resized, geometry.offset, geometry.model)
-    canvas[src] = values[dst]
-    return np.clip(resize(canvas, geometry.original, "bilinear"), 0.0, 1.0)
+    return np.clip(restore(values.astype(np.float32, copy=False), geometry, "bilinear"), 0.0, 1.0)
 
 
 def _channels_last(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec) -> np.ndarray:

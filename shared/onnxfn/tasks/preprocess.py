@@ -216,12 +216,13 @@ def resize(values: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray
     return np.stack(channels, axis=2)
 
 
-def restore(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Map a model-sized HxW label mask back onto the received image (nearest neighbour)."""
-    canvas = np.zeros(geometry.resized, dtype=mask.dtype)
+def restore(values: np.ndarray, geometry: Geometry, method: str = "nearest") -> np.ndarray:
+    """Map model-sized values back onto the received image: the padding cropped, the resize undone with
+    `method` (nearest for an HxW label mask; bilinear for HxWxC float32 probabilities)."""
+    canvas = np.zeros(tuple(geometry.resized) + values.shape[2:], dtype=values.dtype)
     src, dst = _overlap(geometry.resized, geometry.offset, geometry.model)
-    canvas[src] = mask[dst]
-    return resize(canvas, geometry.original, "nearest")
+    canvas[src] = values[dst]
+    return resize(canvas, geometry.original, method)
 
 
 def unmap(x: np.ndarray, y: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
