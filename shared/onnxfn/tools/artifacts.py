@@ -6,6 +6,9 @@
   creation;
 - int8: static QDQ quantization with the bundle's calibration inputs and each target's settings
   (x86 with VNNI: U8/S8; x86 without: U8/S8 with reduce_range; arm64: S8/S8), then pre-optimized.
+  BatchNormalizations no Conv absorbs (pre-activation blocks: BN -> ReLU -> Conv, as in DenseNet) are
+  rewritten first as 1x1 depthwise Convs, which quantize to QLinearConv: the graph stays int8 and NHWC
+  end to end instead of dequantizing, normalizing in float, requantizing and transposing around each.
 
 Every artifact is checked against the portable model on the validation inputs by the one
 accuracy judge (`onnxfn.tools.accuracy`, absolute max abs bound): max abs difference for fp32;
@@ -142,6 +145,49 @@ def step(progress: Callable[[str], None] | None, what: str) -> Iterator[dict]:
         progress(f"{what}: {time.perf_counter() - started:.1f} s{line['note']}")
 
 
+def batchnorms_as_convs(model) -> int:
+    """Rewrite, in place, each 4-D float BatchNormalization (inference mode, constant statistics) as the
+    same per-channel affine map, a 1x1 depthwise Conv (group = channels, weight scale / sqrt(var + eps),
+    bias shift - mean * weight); returns how many. Run after Conv+BN fusion: these are the ones left."""
+    from onnx import TensorProto
+    graph = model.graph
+    constants = {i.name: i for i in graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.input, *graph.output]
+             if v.type.tensor_type.HasField("shape")}
+    nodes, statistics, done = [], set(), 0
+    for node in graph.node:
+        params = [constants.get(name) for name in node.input[1:5]]
+        if (node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.output) != 1
+                or ranks.get(node.input[0]) != 4 or len(params) != 4 or None in params
+                or any(a.name == "training_mode" and a.i for a in node.attribute)
+                or any(p.data_type != TensorProto.FLOAT for p in params)):
+            nodes.append(node)
+            continue
+        nodes.append(_depthwise(node, params, graph))
+        statistics.update(node.input[1:5])
+        done += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    unused = statistics - {name for n in nodes for name in n.input} - {i.name for i in graph.input}
+    kept = [i for i in graph.initializer if i.name not in unused]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return done
+
+
+def _depthwise(batchnorm, params: list, graph):
+    from onnx import helper, numpy_helper
+    eps = next((a.f for a in batchnorm.attribute if a.name == "epsilon"), 1e-5)
+    scale, shift, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
+    weight = scale / np.sqrt(var + eps)
+    channels, out = weight.shape[0], batchnorm.output[0]
+    w = numpy_helper.from_array(weight.reshape(channels, 1, 1, 1).astype(np.float32), f"{out}.dw_weight")
+    b = numpy_helper.from_array((shift - mean * weight).astype(np.float32), f"{out}.dw_bias")
+    graph.initializer.extend([w, b])
+    return helper.make_node("Conv", [batchnorm.input[0], w.name, b.name], [out], name=f"{out}.dw", group=channels,
+                            kernel_shape=[1, 1])
+
+
 def quantize(source: Path, out: Path, spec: InputSpec, calibration: list[np.ndarray], activation: str,
              reduce_range: bool) -> Path:
     """Static QDQ int8 quantization of `source` with the `calibration` inputs, saved at `out` (third-party
@@ -163,10 +209,18 @@ def quantize(source: Path, out: Path, spec: InputSpec, calibration: list[np.ndar
     with tempfile.TemporaryDirectory() as tmp, quiet():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        _rewrite(prepared, batchnorms_as_convs)
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
                         per_channel=True, reduce_range=reduce_range)
     return out
+
+
+def _rewrite(path: Path, change: Callable) -> None:
+    import onnx
+    model = onnx.load(str(path))
+    if change(model):
+        onnx.save(model, str(path))
 
 
 def _checked(model: Path, kind: str = "portable", preoptimized: bool = False) -> Artifact:

@@ -235,3 +235,58 @@ def test_quiet_holds_records_back_and_counts_them():
         logging.warning("Axis 1 is out-of-range")  # the module-level call that would install basicConfig
         logging.getLogger("onnxruntime.quantization").warning("held too")
     assert held.count == 2 and not any(type(h) is logging.StreamHandler for h in logging.getLogger().handlers)
+
+
+def preactivation_model():
+    """Conv -> Relu -> BatchNormalization (nothing to fuse it into, non-trivial statistics, a negative scale)
+    -> Relu -> 1x1 Conv -> global average: DenseNet's pre-activation block in small."""
+    import onnx
+    from onnx import TensorProto as T, helper, numpy_helper
+    rng = np.random.default_rng(3)
+    consts = {"W1": rng.normal(0, 0.3, (8, 3, 3, 3)), "B1": rng.normal(0, 0.1, 8),
+              "gamma": np.r_[-0.7, rng.uniform(0.5, 2.0, 7)], "beta": rng.normal(0, 0.5, 8),
+              "mean": rng.normal(0.3, 0.2, 8), "var": rng.uniform(0.2, 3.0, 8),
+              "W2": rng.normal(0, 0.3, (10, 8, 1, 1)), "B2": rng.normal(0, 0.1, 10)}
+    nodes = [helper.make_node("Conv", ["image", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("BatchNormalization", ["r1", "gamma", "beta", "mean", "var"], ["bn"], epsilon=1e-3),
+             helper.make_node("Relu", ["bn"], ["r2"]),
+             helper.make_node("Conv", ["r2", "W2", "B2"], ["c2"]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["logits"])]
+    graph = helper.make_graph(nodes, "preact", [helper.make_tensor_value_info("image", T.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", T.FLOAT, [1, 10])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def test_standalone_batchnorms_become_depthwise_convs_that_quantize(tmp_path):
+    """The rewrite keeps the float outputs; the packaged int8 graph has no float BatchNormalization left, and
+    no dequantize / float op / quantize detour for it."""
+    import onnx
+    import onnxruntime as ort
+    from onnxfn.bundles.manifest import InputSpec
+    from onnxfn.tools import artifacts
+    model = preactivation_model()
+    onnx.save(model, tmp_path / "model.onnx")
+    rewritten = preactivation_model()
+    assert artifacts.batchnorms_as_convs(rewritten) == 1
+    assert [n.op_type for n in rewritten.graph.node].count("BatchNormalization") == 0
+    onnx.save(rewritten, tmp_path / "rewritten.onnx")
+    xs = [np.random.default_rng(i).normal(0, 1, (1, 3, 16, 16)).astype(np.float32) for i in range(16)]
+    run = lambda path, x: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    for x in xs[:4]:
+        np.testing.assert_allclose(run(tmp_path / "rewritten.onnx", x), run(tmp_path / "model.onnx", x),
+                                   rtol=1e-5, atol=1e-5)
+    spec = InputSpec(name="image", dtype="float32", shape=(1, 3, 16, 16))
+    raw = artifacts.quantize(tmp_path / "model.onnx", tmp_path / "raw.onnx", spec, xs, "QUInt8", False)
+    ops = [n.op_type for n in onnx.load(str(raw)).graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 3
+    packaged = artifacts.optimize(raw, tmp_path / "int8.onnx", "ORT_ENABLE_EXTENDED")
+    ops = [n.op_type for n in onnx.load(str(packaged)).graph.node]
+    assert "BatchNormalization" not in ops and ops.count("QLinearConv") == 3
+    assert ops.count("DequantizeLinear") <= 1 and ops.count("QuantizeLinear") == 1  # in once, out once at the end
+    reference = np.concatenate([run(tmp_path / "model.onnx", x) for x in xs])
+    got = np.concatenate([run(packaged, x) for x in xs])
+    assert np.abs(got - reference).max() < 0.05 * np.abs(reference).max()
