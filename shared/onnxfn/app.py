@@ -50,9 +50,12 @@ class App:
                         from onnxfn.runtime.loader import Runner  # imports no numpy
                         self._runner = Runner(settings)
                     self._runner.start(deadline, inference_waits=inference)
-                    from onnxfn.runtime.session import IMPORTS
-                    with IMPORTS:
-                        from onnxfn.service import Service  # numpy and the core load here, not at import
+                    from onnxfn.runtime import session
+                    # numpy and onnxruntime first, while the load thread reads and verifies the artifact (no
+                    # GIL held); then the rest of the core while it builds the session (no GIL held either)
+                    session.engine()
+                    with session.IMPORTS:
+                        from onnxfn.service import Service  # the core loads here, not at import
                     self._service = Service(settings, self._runner)
         return self._service
 
