@@ -10,7 +10,7 @@ from typing import Any
 
 from onnxfn.codecs import binary, payload
 from onnxfn.codecs.image import Header
-from onnxfn.tasks import detect, postprocess, preprocess, tiling
+from onnxfn.tasks import detect, postprocess, preprocess
 from onnxfn.errors import BadRequest, InferenceError, NotAcceptable, NotFound, ResponseTooLarge
 from onnxfn.runtime.loader import Runner
 from onnxfn.runtime.model import Model
@@ -221,6 +221,7 @@ class Service:
         segmentation = m.task == "segmentation"
         channels = out_channels(model, spec) if segmentation else 1
         def tiled() -> int:
+            from onnxfn.tasks import tiling  # tiled bundles only: kept off the cold start of the others
             elements = math.prod(tiling.tile_shape(spec))
             return (admission.decoded(header) + (model.memory.bytes(elements) if model.memory else 0)
                     + tiling.footprint(header.height, header.width, header.channels, channels, spec)
@@ -309,6 +310,7 @@ class _Run:
         """The task's result for one 2-D image (whole or tile by tile), and a tensor task's binary outputs."""
         m, timer = self.model.manifest, self.timer
         if self.tiled:
+            from onnxfn.tasks import tiling
             primary = m.primary_output.name
             with timer.step("inference"):  # tile by tile: pre-processing, inference and blending together
                 output, geometry = tiling.run(image, self.spec, lambda feed: self.infer(feed)[primary])

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -170,6 +168,8 @@ def example_problem(arrays: dict[str, np.ndarray], inputs: tuple[mf.InputSpec, .
 
 def write(root: Path, manifest: mf.Manifest, files: dict[str, Path], force: bool = False) -> Bundle:
     """Write a bundle folder: copy `files` (artifact path -> source) and the manifest, atomically."""
+    import shutil  # packaging only (like tempfile): kept off the function's cold start
+    import tempfile
     root = Path(root)
     if root.exists() and any(root.iterdir()) and not force:
         raise BundleError(f"{str(root)!r} exists and is not empty: choose another --out or pass --force",
@@ -214,6 +214,7 @@ def rewrite_manifest(root: Path, manifest: mf.Manifest) -> Bundle:
 
 
 def _replace(path: Path, data: bytes) -> None:
+    import tempfile
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=path.parent)
     try:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnxfn import logs
 from onnxfn.bundles import bundle as bundles
 from onnxfn.bundles.bundle import Bundle
-from onnxfn.bundles.cache import Cache, default_size
 from onnxfn.errors import BundleError
 from onnxfn.settings import Settings
-from onnxfn.storage.store import Store, open_store
+
+if TYPE_CHECKING:
+    from onnxfn.storage.store import Store
 
 log = logging.getLogger("onnxfn")
 
@@ -33,6 +35,7 @@ def resolve(settings: Settings, deadline: float, store: Store | None = None) -> 
             raise BundleError(f"{store.describe(bundles.MANIFEST)} has sha256 {bundle.manifest_sha256} but "
                               f"MODEL_SHA256 pins {pin}", code="pin_mismatch")
         return bundle, "local"
+    from onnxfn.bundles.cache import Cache, default_size  # a baked bundle needs no cache: kept off its cold start
     root = Path(settings.cache_dir)
     cache = Cache(root, settings.cache_bytes or default_size(root))
     return cache.bundle(store, pin, deadline), "remote"
@@ -40,6 +43,7 @@ def resolve(settings: Settings, deadline: float, store: Store | None = None) -> 
 
 def store_for(settings: Settings, uri: str | None = None) -> Store:
     """The store of `uri` (default MODEL_URI), opened with the settings' storage options."""
+    from onnxfn.storage.store import open_store
     return open_store(uri or settings.model_uri, oci_region=settings.oci_region, oci_endpoint=settings.oci_endpoint,
                       timeout=settings.storage_timeout, s3_client=settings.s3_client,
                       oci_auth=settings.oci_auth)

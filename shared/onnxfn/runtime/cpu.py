@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import re
 from pathlib import Path
 
@@ -21,7 +20,7 @@ _features: dict[Path, tuple[str, ...] | None] = {}
 
 def arch() -> str:
     """The architecture as manifests name it: x86_64 or aarch64 (amd64, arm64 renamed), else the machine's own name."""
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()  # what platform.machine() reads, without importing platform
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 

@@ -3,8 +3,6 @@ cgroup's, or FN_MEMORY), what the process already holds, the peak growth of a bl
 as fixed + per-element bytes measured on a fresh session, and giving memory back after a large call."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import math
 import os
@@ -170,6 +168,8 @@ _LIBC: list = []
 
 def _libc():
     if not _LIBC:
+        import ctypes  # on the first large call only: kept off the cold start
+        import ctypes.util
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _LIBC.append(lib if hasattr(lib, "malloc_trim") else None)
