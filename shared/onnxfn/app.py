@@ -88,6 +88,8 @@ class App:
             reply = self._bounded(reply)
         reply.route = route
         self._log(request, reply, started)
+        if self._runner is not None:
+            self._runner.settle()  # a session built for the cold start is replaced while Fn waits for the next call
         return reply
 
     def _bounded(self, reply: Reply) -> Reply:

@@ -42,6 +42,7 @@ class Model:
     memory: MemoryCost | None = None  # what one inference costs (the manifest's, else measured at the load)
     releases: int = 0                 # calls after which memory was given back
     measure_first: bool = False       # the first run measures `memory` (a fixed-shape model loaded without warm-up)
+    settled: bool = True              # False: a session built for the cold start, to be replaced (`Runner.settle`)
 
     @property
     def manifest(self) -> Manifest:

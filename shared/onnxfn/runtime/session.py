@@ -55,10 +55,20 @@ def spinning(threads: int, quota: float | None) -> bool:
     return quota is None or quota >= threads - 1e-9
 
 
-def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | None = None):
+def mapped(artifact: Artifact | None, tuning: Tuning | None = None) -> bool:
+    """Whether the artifact's first session is built on its memory-mapped bytes in place (a pre-optimized fp32
+    `.ort`): then `Runner.settle` builds its steady session after the first call."""
+    return (artifact is not None and artifact.kind == "optimized" and artifact.path.endswith(".ort")
+            and not (tuning and tuning.disable_prepacking))
+
+
+def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | None = None, steady: bool = False):
     """Options for one session: explicit threads, sequential, intra-op spinning as `spinning(threads,
     cpu.quota())` decides (bounded to `SPIN_DURATION_US`); a pre-optimized artifact is loaded without
-    re-optimizing; a benchmark's tuning for this CPU class applies on top (its `allow_spinning` wins)."""
+    re-optimizing; a benchmark's tuning for this CPU class applies on top (its `allow_spinning` wins).
+    A `mapped` artifact's session uses the mapped bytes in place and packs no weights, unless `steady`: then its
+    weights are copied into ORT's own memory and prepacked, as ORT does by default (DenseNet-121: created in
+    7-10 ms instead of 30-45, each run 2-4 % slower; docs/benchmarks/handwritten.md)."""
     ort = engine()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -73,15 +83,12 @@ def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | Non
     if spin and SPIN_DURATION_US is not None:
         opts.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_DURATION_US))
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    fp32_ort = artifact is not None and artifact.kind == "optimized" and artifact.path.endswith(".ort")
-    if (tuning and tuning.disable_prepacking) or fp32_ort:
-        # a memory-mapped fp32 ORT artifact: prepacking off made DenseNet-121's session 0.18x the portable
-        # one's to create at the same latency (bench/artifacts.py); int8 kernels need their packed weights
-        opts.add_session_config_entry("session.disable_prepacking", "1")
-    if artifact is not None and artifact.path.endswith(".ort"):  # memory-mapped, weights used in place
+    if (tuning and tuning.disable_prepacking) or (mapped(artifact, tuning) and not steady):
+        opts.add_session_config_entry("session.disable_prepacking", "1")  # int8 kernels need their packed weights
+    if artifact is not None and artifact.path.endswith(".ort"):  # memory-mapped; weights used in place unless steady
         opts.add_session_config_entry("session.load_model_format", "ORT")
         opts.add_session_config_entry("session.use_memory_mapped_ort_model", "1")
-        opts.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "1")
+        opts.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "0" if steady else "1")
     opts.log_severity_level = 3
     return opts
 
@@ -104,8 +111,8 @@ def release_options():
 
 
 def create(path: Path | str, threads: int = 1, artifact: Artifact | None = None, tuning: Tuning | None = None, *,
-           session_options=None, providers: list | None = None, what: str | None = None):
-    """An `InferenceSession` for the model at `path`, built with `options(threads, artifact, tuning)` unless
+           session_options=None, providers: list | None = None, what: str | None = None, steady: bool = False):
+    """An `InferenceSession` for the model at `path`, built with `options(threads, artifact, tuning, steady)` unless
     `session_options` are given, on the CPU provider unless `providers` are (names, or (name, provider
     options) pairs, as onnxruntime takes them). A model onnxruntime cannot load is a `BundleError` naming
     `what` (default: the artifact's path, else the file); onnxruntime's own error is its `__context__`."""
@@ -113,7 +120,7 @@ def create(path: Path | str, threads: int = 1, artifact: Artifact | None = None,
     try:
         return ort.InferenceSession(str(path),
                                     sess_options=session_options if session_options is not None
-                                    else options(threads, artifact, tuning),
+                                    else options(threads, artifact, tuning, steady),
                                     providers=providers or [CPU])
     except Exception as e:  # onnxruntime raises its own exception types
         name = what or (artifact.path if artifact is not None else str(path))

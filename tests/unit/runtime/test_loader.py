@@ -241,3 +241,73 @@ def test_a_packaged_memory_cost_is_used_as_it_is(tmp_path):
     model = runner.load(Settings(model_uri=str(bundle.root), threads=1))
     assert model.memory is bundle.manifest.memory or model.memory == bundle.manifest.memory
     assert len(model.memory.measured) == 3  # packaging's runs, not the load's two
+
+
+@pytest.fixture(scope="module")
+def preoptimized(tmp_path_factory):
+    """The digits CNN packaged with a pre-optimized fp32 .ort for this CPU."""
+    from onnxfn.tools.package import Options, build
+    out = tmp_path_factory.mktemp("opt") / "digits"
+    bundle = build(MODELS / "digits-cnn" / "model.onnx", out,
+                   Options(task="classification", labels=[str(i) for i in range(10)], optimize_for=["native"]))
+    assert any(a.kind == "optimized" and a.path.endswith(".ort") for a in bundle.manifest.artifacts)
+    return bundle
+
+
+def _settled(r: Runner, timeout: float = 30.0) -> None:
+    ends = time.monotonic() + timeout
+    while any(t.name == "onnxfn-settle" for t in threading.enumerate()) and time.monotonic() < ends:
+        time.sleep(0.01)
+
+
+def test_a_mapped_session_is_replaced_by_its_steady_one_after_a_call(preoptimized):
+    r = Runner(Settings(model_uri=str(preoptimized.root), threads=1))
+    model, _ = r.get(inference=True)
+    assert model.artifact.endswith(".ort") and not model.settled
+    x = {"image": np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)}
+    first, before = model.session, model.run(x)
+    assert entry(first, "session.use_ort_model_bytes_for_initializers") == "1"
+    r.settle()
+    _settled(r)
+    assert model.settled and model.session is not first
+    assert entry(model.session, "session.use_ort_model_bytes_for_initializers") == "0"
+    assert entry(model.session, "session.disable_prepacking") in (None, "0")
+    after = model.run(x)
+    assert np.allclose(after[model.manifest.primary_output.name], before[model.manifest.primary_output.name],
+                       atol=1e-5)
+    steady = model.session
+    r.settle()  # once per model
+    _settled(r)
+    assert model.session is steady
+
+
+def test_a_failed_settle_keeps_the_first_session(preoptimized, monkeypatch, caplog):
+    r = Runner(Settings(model_uri=str(preoptimized.root), threads=1))
+    model, _ = r.get(inference=True)
+    first = model.session
+
+    def broken(*args, **kwargs):
+        raise BundleError("no memory for a second session")
+    monkeypatch.setattr(sessions, "create", broken)
+    with caplog.at_level("WARNING", logger="onnxfn"):
+        r.settle()
+        _settled(r)
+    assert model.settled and model.session is first
+    assert "session_not_settled" in caplog.text and "no memory for a second session" in caplog.text
+    assert model.run({"image": np.zeros((1, 1, 8, 8), np.float32)})  # and it still answers
+
+
+def test_a_portable_model_has_nothing_to_settle():
+    r = Runner(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
+    model, _ = r.get()
+    assert model.settled
+    first = model.session
+    r.settle()
+    assert not any(t.name == "onnxfn-settle" for t in threading.enumerate()) and model.session is first
+
+
+def entry(session, key: str) -> str | None:
+    try:
+        return session.get_session_options().get_session_config_entry(key)
+    except Exception:  # onnxruntime raises when the key was never set
+        return None

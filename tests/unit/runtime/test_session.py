@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxfn.bundles.manifest import Requirement, Tuning
+from onnxfn.bundles.manifest import Artifact, Requirement, Tuning
 from onnxfn.runtime import cpu
 from onnxfn.runtime import session as sessions
 from tests.support.cgroups import JOIN
@@ -64,3 +64,29 @@ def test_a_process_in_a_real_child_cgroup_spins_only_when_its_quota_covers_two_t
 
 def test_release_options_shrink_the_cpu_arena():
     assert sessions.release_options().get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+
+
+def _artifact(path: str, kind: str) -> Artifact:
+    return Artifact(path=path, sha256="0" * 64, size=1, kind=kind, preoptimized=kind == "optimized")
+
+
+@pytest.mark.parametrize("path, kind, cold, steady", [
+    # a pre-optimized fp32 .ort: its bytes in place and no packing for the cold start, ORT's defaults when steady
+    ("m.x86_64.opt.ort", "optimized", ("1", "1"), ("0", None)),
+    ("m.x86_64-vnni.int8.ort", "int8", ("1", None), ("0", None)),  # int8 kernels always pack their weights
+    ("model.onnx", "portable", (None, None), (None, None)),
+])
+def test_a_mapped_artifact_is_built_in_place_first_and_steady_later(path, kind, cold, steady):
+    artifact = _artifact(path, kind)
+    assert sessions.mapped(artifact) == (kind == "optimized")
+    for opts, (in_place, no_packing) in ((sessions.options(1, artifact), cold),
+                                         (sessions.options(1, artifact, steady=True), steady)):
+        assert entry(opts, "session.use_ort_model_bytes_for_initializers") == in_place
+        assert entry(opts, "session.disable_prepacking") == no_packing
+
+
+def test_a_tuning_that_turns_prepacking_off_keeps_the_first_session():
+    tuning = Tuning(requires=Requirement(cpu.arch()), disable_prepacking=True)
+    artifact = _artifact("m.x86_64.opt.ort", "optimized")
+    assert not sessions.mapped(artifact, tuning)
+    assert entry(sessions.options(1, artifact, tuning, steady=True), "session.disable_prepacking") == "1"
