@@ -54,8 +54,7 @@ class App:
                     # numpy and onnxruntime first, while the load thread reads and verifies the artifact (no
                     # GIL held); then the rest of the core while it builds the session (no GIL held either)
                     session.engine()
-                    with session.IMPORTS:
-                        from onnxfn.service import Service  # the core loads here, not at import
+                    from onnxfn.service import Service  # the core loads here, not at import (numpy is in)
                     self._service = Service(settings, self._runner)
         return self._service
 

@@ -21,7 +21,8 @@ ctx = InvokeContext("app", "app", "fn", "onnxfn", "call-1", content_type="image/
                     headers={"content-type": "image/png"})
 response = func.handler(ctx, io.BytesIO(open(sys.argv[2], "rb").read()))
 print(json.dumps({"body": json.loads(response.body()),
-                  "modules": sorted(m for m in sys.modules if m.startswith("onnxfn"))}))
+                  "modules": sorted(m for m in sys.modules if m.startswith("onnxfn")),
+                  "stdlib": sorted(m for m in ("uuid", "shutil", "tempfile", "bz2", "lzma") if m in sys.modules)}))
 """
 
 
@@ -61,3 +62,18 @@ def test_both_images_copy_the_runtime_only():
     assert "shared/onnxfn/tools/" in fn_build and not any(line.startswith("!") for line in fn_build)
     for needed in ("functions", "shared", "models", "func.yaml", "requirements.txt"):
         assert needed not in fn_build and needed + "/" not in fn_build
+
+
+def test_a_baked_bundles_cold_call_imports_no_cache_storage_or_tiling():
+    """Import time is cold-start time: a baked bundle reads no cache and no store, and an untiled one no tiling."""
+    out = subprocess.run([sys.executable, "-c", SERVE_ONE_CALL, str(ROOT / "functions" / "func.py"),
+                          str(ROOT / "samples" / "digit-7.png")], capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "ONNXFN_THREADS": "1", "MODEL_URI": "",
+                              "ONNXFN_BAKED_BUNDLE": str(ROOT / "models" / "digits-cnn")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["body"]["result"]["label"] == "7" and result["body"]["runtime"]["source"] == "baked"
+    assert "onnxfn.bundles.source" in result["modules"]  # resolved, then nothing else of the storage side
+    assert [m for m in result["modules"] if m.startswith(("onnxfn.bundles.cache", "onnxfn.storage.store",
+                                                          "onnxfn.storage.retry", "onnxfn.tasks.tiling"))] == []
+    assert result["stdlib"] == []  # uuid (the cache's), shutil and tempfile (writing bundles), their compressors
