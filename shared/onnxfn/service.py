@@ -136,6 +136,8 @@ class Service:
         if dicom == DICOM_REQUIRED and body.kind != "dicom":
             raise NotAcceptable(f"a DICOM result (application/dicom) needs a DICOM input to reference; this input "
                                 f"is {body.kind}: send a DICOM file or ask for application/json")
+        with timer.step("decode"):
+            payload.preload(body)  # a cold call's decoder imports overlap the model's load
         model, cold = self.model(timer, deadline=deadline, inference=True)
         m = model.manifest
         if dicom == DICOM_REQUIRED and m.task not in DICOM_TASKS:

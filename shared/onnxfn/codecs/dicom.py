@@ -394,6 +394,11 @@ def _held_back():
         sys.meta_path.remove(finder)
 
 
+def preload() -> None:
+    """Import pydicom (without its decoder plugins), as the first `decode` would."""
+    _pydicom()
+
+
 def _pydicom():
     """pydicom, imported the first time with its decoder plugins held back."""
     module = sys.modules.get("pydicom")

@@ -88,6 +88,14 @@ def check_pixels(width: int, height: int, frames: int, max_pixels: int, what: st
                               "downscale the image or raise the limit", code="too_many_pixels")
 
 
+def preload(fmt: str) -> None:
+    """Import Pillow and the plugin that opens `fmt`, as the first `decode` of it would."""
+    from PIL import Image as PILImage
+    PILImage.preinit()  # PNG, JPEG, BMP and a few others
+    if FORMATS[fmt] not in PILImage.OPEN:
+        PILImage.init()  # TIFF
+
+
 def decode(data: bytes, fmt: str, max_pixels: int, admit: Admit | None = None) -> Image:
     """Decode a PNG, JPEG, TIFF or BMP file, refusing oversized images before decoding pixels; `admit` sees
     the header first and may refuse it too."""

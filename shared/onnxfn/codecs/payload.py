@@ -154,6 +154,17 @@ def _file_part(data: bytes, boundary: str | None) -> tuple[str | None, bytes]:
     return files[0]
 
 
+def preload(body: Body) -> None:
+    """Import what decoding `body` needs (pydicom, or Pillow and the format's plugin) before its pixels can be
+    decoded: a cold call does this while the model loads, whose session is built without holding the GIL."""
+    if body.kind == "dicom":
+        from onnxfn.codecs import dicom
+        dicom.preload()
+    elif body.kind != "json":
+        from onnxfn.codecs import image
+        image.preload(body.kind)
+
+
 def decode_image(body: Body, max_pixels: int, admit=None):
     """Decode an image body into an `Image`; `admit` (`image.Admit`) sees its header before the pixels are
     decoded and may refuse it."""

@@ -334,3 +334,29 @@ def test_decode_image_dispatches_by_kind():
     assert image.format == "png" and image.pixels.shape == (3, 4)
     dicom = payload.decode_image(payload.Body("dicom", MR), 10_000)
     assert dicom.format == "dicom" and dicom.pixels.shape == (64, 64)
+
+
+PRELOAD = r"""
+import json, sys
+from onnxfn.codecs import payload
+before = set(sys.modules)
+payload.preload(payload.Body(sys.argv[1], b""))
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+@pytest.mark.parametrize("kind, needed, not_needed", [
+    ("png", ["PIL.Image", "PIL.PngImagePlugin"], ["pydicom", "PIL.TiffImagePlugin"]),
+    ("tiff", ["PIL.TiffImagePlugin"], ["pydicom"]),
+    ("dicom", ["pydicom"], ["pylibjpeg", "openjpeg", "libjpeg", "rle"]),  # plugins wait for a compressed file
+])
+def test_preload_imports_what_decoding_the_body_needs_and_nothing_else(kind, needed, not_needed):
+    import subprocess
+    import sys
+    from tests.support.models import ROOT
+    out = subprocess.run([sys.executable, "-c", PRELOAD, kind], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "shared")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = json.loads(out.stdout)
+    assert all(m in loaded for m in needed) and not [m for m in loaded if m.split(".")[0] in not_needed
+                                                      or m in not_needed]
