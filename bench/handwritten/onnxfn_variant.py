@@ -41,8 +41,8 @@ if "spin_duration_us" in OVERRIDES:  # also where the default does not spin but 
 _options = sessions.options
 
 
-def options(threads, artifact=None, tuning=None):
-    opts = _options(threads, artifact, tuning)
+def options(threads, artifact=None, tuning=None, steady=False):
+    opts = _options(threads, artifact, tuning, steady)
     for key, value in OVERRIDES.items():
         if key == "arena":
             opts.enable_cpu_mem_arena = value == "1"

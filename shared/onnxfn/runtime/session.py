@@ -117,11 +117,9 @@ def create(path: Path | str, threads: int = 1, artifact: Artifact | None = None,
     options) pairs, as onnxruntime takes them). A model onnxruntime cannot load is a `BundleError` naming
     `what` (default: the artifact's path, else the file); onnxruntime's own error is its `__context__`."""
     ort = engine()
+    opts = session_options if session_options is not None else options(threads, artifact, tuning, steady)
     try:
-        return ort.InferenceSession(str(path),
-                                    sess_options=session_options if session_options is not None
-                                    else options(threads, artifact, tuning, steady),
-                                    providers=providers or [CPU])
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers or [CPU])
     except Exception as e:  # onnxruntime raises its own exception types
         name = what or (artifact.path if artifact is not None else str(path))
         raise BundleError(f"onnxruntime cannot load artifact {name!r}: {e}", code="artifact_invalid") from None
