@@ -60,7 +60,7 @@ def test_quick_bench_holds_every_figure(digits):
     runs = result["settings"]["runs"]
     ids = {c["id"] for c in result["candidates"]}
     threads = list(range(1, cpu.threads() + 1))
-    spin = ":spin" if spinning(cpu.threads(), cpu.quota()) else ""  # the function's default, added when not asked for
+    spin = ":spin" if spinning(cpu.threads()) else ""  # the function's default, added when not asked for
     default_id = f"cpu:model.onnx:ALL:t{cpu.threads()}{spin}"
     assert ids == {f"cpu:model.onnx:{level}:t{t}" for level in ("EXTENDED", "ALL") for t in threads} | {default_id}
     for c in result["candidates"]:

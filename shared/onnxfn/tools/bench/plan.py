@@ -146,7 +146,7 @@ def _mark_default_and_reference(target: Target, options: BenchOptions, candidate
     from onnxfn.runtime.session import spinning
     threads, level = cpu.threads(), "DISABLE" if first.preoptimized else "ALL"
     default_id = (f"cpu:{first.path}:{level}:t{threads}"
-                  f"{':spin' if spinning(threads, cpu.quota()) else ''}")  # what runtime.session.options builds
+                  f"{':spin' if spinning(threads) else ''}")  # what runtime.session.options builds
     for c in candidates:
         c.default = c.id == default_id
     asked = threads in options.threads and (level == "DISABLE" or level in options.levels)
