@@ -26,14 +26,19 @@ print(json.dumps({"body": json.loads(response.body()),
 """
 
 
-def test_a_call_through_the_entry_point_loads_no_tool():
+def serve_one_call(**env: str) -> dict:
+    """One digit PNG through the deployed entry point in a fresh interpreter: its answer and what it imported."""
     out = subprocess.run([sys.executable, "-c", SERVE_ONE_CALL, str(ROOT / "functions" / "func.py"),
                           str(ROOT / "samples" / "digit-7.png")], capture_output=True, text=True, timeout=120,
-                         env={"PATH": "/usr/bin:/bin", "ONNXFN_THREADS": "1", "ONNXFN_BAKED_BUNDLE": "",
-                              "MODEL_URI": str(ROOT / "models" / "digits-cnn")})
+                         env={"PATH": "/usr/bin:/bin", "ONNXFN_THREADS": "1", **env})
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["body"]["result"]["label"] == "7"
+    return result
+
+
+def test_a_call_through_the_entry_point_loads_no_tool():
+    result = serve_one_call(ONNXFN_BAKED_BUNDLE="", MODEL_URI=str(ROOT / "models" / "digits-cnn"))
     assert "onnxfn.runtime.loader" in result["modules"]  # the call really went through the core
     assert [m for m in result["modules"] if m.startswith("onnxfn.tools")] == []
     # an image's cold path: no events, storage clients, DICOM codecs or 3-D tasks (import time is cold-start time)
@@ -66,13 +71,8 @@ def test_both_images_copy_the_runtime_only():
 
 def test_a_baked_bundles_cold_call_imports_no_cache_storage_or_tiling():
     """Import time is cold-start time: a baked bundle reads no cache and no store, and an untiled one no tiling."""
-    out = subprocess.run([sys.executable, "-c", SERVE_ONE_CALL, str(ROOT / "functions" / "func.py"),
-                          str(ROOT / "samples" / "digit-7.png")], capture_output=True, text=True, timeout=120,
-                         env={"PATH": "/usr/bin:/bin", "ONNXFN_THREADS": "1", "MODEL_URI": "",
-                              "ONNXFN_BAKED_BUNDLE": str(ROOT / "models" / "digits-cnn")})
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["body"]["result"]["label"] == "7" and result["body"]["runtime"]["source"] == "baked"
+    result = serve_one_call(MODEL_URI="", ONNXFN_BAKED_BUNDLE=str(ROOT / "models" / "digits-cnn"))
+    assert result["body"]["runtime"]["source"] == "baked"
     assert "onnxfn.bundles.source" in result["modules"]  # resolved, then nothing else of the storage side
     assert [m for m in result["modules"] if m.startswith(("onnxfn.bundles.cache", "onnxfn.storage.store",
                                                           "onnxfn.storage.retry", "onnxfn.tasks.tiling"))] == []
