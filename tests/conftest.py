@@ -28,6 +28,17 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def preoptimized(tmp_path_factory):
+    """The digits CNN packaged with a pre-optimized fp32 .ort for this CPU (its `Bundle`)."""
+    from tests.support.models import MODELS
+    out = tmp_path_factory.mktemp("opt") / "digits"
+    bundle = build(MODELS / "digits-cnn" / "model.onnx", out,
+                   Options(task="classification", labels=[str(i) for i in range(10)], optimize_for=["native"]))
+    assert any(a.kind == "optimized" and a.path.endswith(".ort") for a in bundle.manifest.artifacts)
+    return bundle
+
+
 @pytest.fixture
 def function():
     """Start functions under the real fdk: function(env) -> agent.Function; all stopped afterwards."""

@@ -53,7 +53,10 @@ class App:
                     from onnxfn.runtime import session
                     # numpy and onnxruntime first, while the load thread reads and verifies the artifact (no
                     # GIL held); then the rest of the core while it builds the session (no GIL held either)
-                    session.engine()
+                    try:
+                        session.engine()
+                    except ImportError:  # the load fails on it too, and tells the calls that need the model
+                        pass
                     from onnxfn.service import Service  # the core loads here, not at import (numpy is in)
                     self._service = Service(settings, self._runner)
         return self._service
@@ -88,7 +91,10 @@ class App:
         reply.route = route
         self._log(request, reply, started)
         if self._runner is not None:
-            self._runner.settle()  # a session built for the cold start is replaced while Fn waits for the next call
+            try:
+                self._runner.settle()  # a session built for the cold start is replaced while Fn waits for the next call
+            except Exception:  # no thread to spare: the first session stays, and this call's answer is made
+                self.logger.exception("settle failed")
         return reply
 
     def _bounded(self, reply: Reply) -> Reply:

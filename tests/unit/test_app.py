@@ -119,6 +119,42 @@ def test_a_configuration_error_is_answered_and_liveness_still_works(lines):
     assert "ONNXFN_MAX_PIXELS" in predict.body["error"]
 
 
+def test_liveness_answers_when_onnxruntime_cannot_be_imported():
+    import subprocess
+    import sys
+    from tests.support.models import ROOT
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from onnxfn.app import App, Request\n"
+            "app = App()\n"
+            "live = app.handle(Request('GET', '/v2/health/live', gateway=True))\n"
+            "ready = app.handle(Request('GET', '/v2/health/ready', gateway=True))\n"
+            "print(live.status, ready.status)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "shared"),
+                              "MODEL_URI": str(MODELS / "digits-cnn"), "ONNXFN_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "200"  # live; readiness tells the load failed
+
+
+def test_the_first_call_settles_a_session_built_for_the_cold_start(preoptimized, monkeypatch):
+    import threading
+    import time
+    from onnxfn.runtime import memory
+    monkeypatch.setattr(memory, "limit", lambda settings=None: None)
+    app = App(lambda: Settings(model_uri=str(preoptimized.root), threads=1))
+    first = app.handle(Request("POST", "/", {"content-type": "image/png"}, DIGIT))
+    assert first.status == 200 and first.body["runtime"]["artifact"].endswith(".ort")
+    ends = time.monotonic() + 30
+    while any(t.name == "onnxfn-settle" for t in threading.enumerate()) and time.monotonic() < ends:
+        time.sleep(0.01)
+    model, _ = app.service.runner.get()
+    assert model.settled
+    assert model.session.get_session_options().get_session_config_entry(
+        "session.use_ort_model_bytes_for_initializers") == "0"
+    second = app.handle(Request("POST", "/", {"content-type": "image/png"}, DIGIT))
+    assert second.status == 200 and second.body["result"]["label"] == first.body["result"]["label"]
+
+
 def test_unexpected_exceptions_become_a_500_and_nothing_escapes(app, monkeypatch):
     def boom(*args, **kwargs):
         raise ZeroDivisionError("division by zero")

@@ -236,12 +236,14 @@ class Runner:
         fp32 `.ort` used in place, weights not packed) gets its steady session, built and run once on the
         warm-up inputs by a background thread while the container waits for its next call, then swapped in.
         DenseNet-121: each run 2-4 % faster, for 30-45 ms of session creation and one run, once per container.
-        Tried once per model; a failure keeps the first session (and is logged)."""
+        Tried once per model, after a first run that measures memory, not while free memory is short; a failure
+        keeps the first session (and is logged). Outputs may differ in their last bits after the swap (packed
+        weights sum in another order)."""
         model = self._model
-        if model is None or model.settled:
+        if model is None or model.settled or model.measure_first:  # a first run measuring memory: after it
             return
         with self._lock:
-            if model.settled:
+            if model.settled or self._model is not model:
                 return
             model.settled = True
         threading.Thread(target=self._settle, args=(model,), daemon=True, name="onnxfn-settle").start()
@@ -250,15 +252,17 @@ class Runner:
         started = time.perf_counter()
         try:
             artifact = next(a for a in model.manifest.artifacts if a.path == model.artifact)
+            feeds, _ = warm_up_feeds(model.bundle)
             limit = memory.limit(self.settings)
-            need = 2 * artifact.size  # the weights copied, and packed
+            need = 2 * artifact.size + (model.cost(feeds) or 0)  # the weights copied and packed, one run
             if limit is not None and memory.available(limit) < need:
                 logs.event(log, "session_not_settled", reason="memory", needed_mb=need >> 20)
                 return
             session = sessions.create(model.bundle.fetch(artifact), model.threads, artifact, model.tuning,
                                       steady=True)
-            feeds, _ = warm_up_feeds(model.bundle)
             session.run(None, feeds)  # its first run's costs, paid here rather than by a call
+            if self._model is not model:  # swapped meanwhile (revalidation, recheck): the new model settles itself
+                return
             model.session = session  # calls under way finish on the session they began with
             logs.event(log, "session_settled", artifact=artifact.path, ms=_ms(time.perf_counter() - started))
         except Exception as e:  # onnxruntime's own types, memory: the first session stays, and works

@@ -243,24 +243,21 @@ def test_a_packaged_memory_cost_is_used_as_it_is(tmp_path):
     assert len(model.memory.measured) == 3  # packaging's runs, not the load's two
 
 
-@pytest.fixture(scope="module")
-def preoptimized(tmp_path_factory):
-    """The digits CNN packaged with a pre-optimized fp32 .ort for this CPU."""
-    from onnxfn.tools.package import Options, build
-    out = tmp_path_factory.mktemp("opt") / "digits"
-    bundle = build(MODELS / "digits-cnn" / "model.onnx", out,
-                   Options(task="classification", labels=[str(i) for i in range(10)], optimize_for=["native"]))
-    assert any(a.kind == "optimized" and a.path.endswith(".ort") for a in bundle.manifest.artifacts)
-    return bundle
-
-
 def _settled(r: Runner, timeout: float = 30.0) -> None:
     ends = time.monotonic() + timeout
     while any(t.name == "onnxfn-settle" for t in threading.enumerate()) and time.monotonic() < ends:
         time.sleep(0.01)
+    assert not any(t.name == "onnxfn-settle" for t in threading.enumerate()), "the settle thread did not end"
 
 
-def test_a_mapped_session_is_replaced_by_its_steady_one_after_a_call(preoptimized):
+@pytest.fixture
+def roomy(monkeypatch):
+    """No memory limit known: the settle's memory check passes whatever this machine's cgroup is."""
+    from onnxfn.runtime import memory
+    monkeypatch.setattr(memory, "limit", lambda settings=None: None)
+
+
+def test_a_mapped_session_is_replaced_by_its_steady_one_after_a_call(preoptimized, roomy):
     r = Runner(Settings(model_uri=str(preoptimized.root), threads=1))
     model, _ = r.get(inference=True)
     assert model.artifact.endswith(".ort") and not model.settled
@@ -281,7 +278,24 @@ def test_a_mapped_session_is_replaced_by_its_steady_one_after_a_call(preoptimize
     assert model.session is steady
 
 
-def test_a_failed_settle_keeps_the_first_session(preoptimized, monkeypatch, caplog):
+def test_a_settle_waits_for_free_memory_and_for_a_first_run_that_measures_it(preoptimized, monkeypatch, caplog):
+    from onnxfn.runtime import memory
+    r = Runner(Settings(model_uri=str(preoptimized.root), threads=1))
+    model, _ = r.get(inference=True)
+    first = model.session
+    model.measure_first = True  # the first call's run is to measure the model's memory: not with a build beside it
+    r.settle()
+    assert not model.settled and model.session is first
+    model.measure_first = False
+    monkeypatch.setattr(memory, "limit", lambda settings=None: 512 << 20)
+    monkeypatch.setattr(memory, "available", lambda limit: 0)  # nothing free
+    with caplog.at_level("INFO", logger="onnxfn"):
+        r.settle()
+        _settled(r)
+    assert model.settled and model.session is first and "session_not_settled" in caplog.text
+
+
+def test_a_failed_settle_keeps_the_first_session(preoptimized, monkeypatch, caplog, roomy):
     r = Runner(Settings(model_uri=str(preoptimized.root), threads=1))
     model, _ = r.get(inference=True)
     first = model.session
