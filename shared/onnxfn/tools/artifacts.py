@@ -146,21 +146,26 @@ def step(progress: Callable[[str], None] | None, what: str) -> Iterator[dict]:
 
 
 def batchnorms_as_convs(model) -> int:
-    """Rewrite, in place, each 4-D float BatchNormalization (inference mode, constant statistics) as the
-    same per-channel affine map, a 1x1 depthwise Conv (group = channels, weight scale / sqrt(var + eps),
-    bias shift - mean * weight); returns how many. Run after Conv+BN fusion: these are the ones left."""
+    """Rewrite, in place, each 4-D float BatchNormalization (inference mode, constant per-channel statistics,
+    float input) as the same per-channel affine map, a 1x1 depthwise Conv (group = channels, weight
+    scale / sqrt(var + eps), bias shift - mean * weight); returns how many. Run after Conv+BN fusion: these are
+    the ones left. Statistics nothing else uses (subgraphs included) are dropped."""
     from onnx import TensorProto
     graph = model.graph
     constants = {i.name: i for i in graph.initializer}
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.input, *graph.output]
-             if v.type.tensor_type.HasField("shape")}
+    typed = [v for v in [*graph.value_info, *graph.input, *graph.output] if v.type.tensor_type.HasField("shape")]
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in typed}
+    floats = {v.name for v in typed if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    names = {*constants, *(o for n in graph.node for o in n.output)}
     nodes, statistics, done = [], set(), 0
     for node in graph.node:
         params = [constants.get(name) for name in node.input[1:5]]
         if (node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.output) != 1
-                or ranks.get(node.input[0]) != 4 or len(params) != 4 or None in params
-                or any(a.name == "training_mode" and a.i for a in node.attribute)
-                or any(p.data_type != TensorProto.FLOAT for p in params)):
+                or ranks.get(node.input[0]) != 4 or node.input[0] not in floats or len(params) != 4
+                or None in params or any(a.name == "training_mode" and a.i for a in node.attribute)
+                or any(p.data_type != TensorProto.FLOAT or len(p.dims) != 1 or p.dims != params[0].dims
+                       for p in params)  # per-channel vectors (not opset 1-8's spatial=0 C x H x W)
+                or {f"{node.output[0]}.dw_weight", f"{node.output[0]}.dw_bias"} & names):
             nodes.append(node)
             continue
         nodes.append(_depthwise(node, params, graph))
@@ -168,11 +173,26 @@ def batchnorms_as_convs(model) -> int:
         done += 1
     del graph.node[:]
     graph.node.extend(nodes)
-    unused = statistics - {name for n in nodes for name in n.input} - {i.name for i in graph.input}
+    unused = statistics - _inputs(graph.node) - {i.name for i in graph.input}
     kept = [i for i in graph.initializer if i.name not in unused]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return done
+
+
+def _inputs(nodes) -> set[str]:
+    """Every name the nodes read, in their subgraphs (If, Loop, Scan bodies) too."""
+    from onnx import AttributeProto
+    names = set()
+    for node in nodes:
+        names.update(node.input)
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                names |= _inputs(a.g.node)
+            elif a.type == AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    names |= _inputs(g.node)
+    return names
 
 
 def _depthwise(batchnorm, params: list, graph):

@@ -290,3 +290,34 @@ def test_standalone_batchnorms_become_depthwise_convs_that_quantize(tmp_path):
     reference = np.concatenate([run(tmp_path / "model.onnx", x) for x in xs])
     got = np.concatenate([run(packaged, x) for x in xs])
     assert np.abs(got - reference).max() < 0.05 * np.abs(reference).max()
+
+
+def _bn_graph(input_type, param_shape=(3,), extra_nodes=()):
+    """X (1x3x4x4 of `input_type`) -> BatchNormalization (float32 parameters of `param_shape`) -> Y."""
+    from onnx import helper, numpy_helper
+    params = [numpy_helper.from_array(np.full(param_shape, v, np.float32), n)
+              for n, v in (("scale", 2.0), ("shift", 0.5), ("mean", 0.1), ("var", 1.0))]
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["X", "scale", "shift", "mean", "var"], ["Y"]), *extra_nodes],
+        "bn", [helper.make_tensor_value_info("X", input_type, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("Y", input_type, [1, 3, 4, 4])], params)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_batchnorms_the_rewrite_cannot_express_are_left_alone():
+    from onnx import TensorProto, helper
+    from onnxfn.tools import artifacts
+    assert artifacts.batchnorms_as_convs(_bn_graph(TensorProto.FLOAT)) == 1
+    half = _bn_graph(TensorProto.FLOAT16)  # a float16 input with float32 statistics: no float32 Conv for it
+    assert artifacts.batchnorms_as_convs(half) == 0 and half.graph.node[0].op_type == "BatchNormalization"
+    spatial = _bn_graph(TensorProto.FLOAT, param_shape=(3, 4, 4))  # opset 1-8's spatial=0 statistics
+    assert artifacts.batchnorms_as_convs(spatial) == 0
+    # a statistic an If branch also reads stays an initializer
+    branch = helper.make_graph([helper.make_node("Identity", ["mean"], ["m"])], "then", [],
+                               [helper.make_tensor_value_info("m", TensorProto.FLOAT, [3])])
+    cond = helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True]))
+    used = _bn_graph(TensorProto.FLOAT, extra_nodes=[cond, helper.make_node("If", ["c"], ["z"], then_branch=branch,
+                                                                         else_branch=branch)])
+    assert artifacts.batchnorms_as_convs(used) == 1
+    assert {i.name for i in used.graph.initializer} >= {"mean", "Y.dw_weight", "Y.dw_bias"}
+    assert "scale" not in {i.name for i in used.graph.initializer}  # read by nothing else: dropped
