@@ -75,6 +75,7 @@ VARIANTS = {
     "spin-50us-copy-prepack": {SPIN: "1", "spin_duration_us": 50, PREPACK: "0",
                                "session.use_ort_model_bytes_for_initializers": "0"},
     "spin-noarena": {SPIN: "1", "spin_duration_us": None, "arena": "0"},
+    "basic": {"level": "ORT_ENABLE_BASIC"},                 # the graph optimized at the basic level only
     "same": {},                                              # onnxfn through the variant entry: its baseline
     "hash-1mib": {"hash_block": 1 << 20},                    # the artifact hashed in 1 MiB blocks (before f99d700)
     "preimport": {"preimport": 1},                           # runtime.loader imported before the fdk starts

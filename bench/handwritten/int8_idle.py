@@ -47,7 +47,7 @@ def session(path: Path, artifact, threads: int, overrides: dict):
     if "session.intra_op.spin_duration_us" in overrides and overrides["session.intra_op.spin_duration_us"] is None:
         sessions.SPIN_DURATION_US = None  # ORT's own spin bound
     try:
-        opts = sessions.options(threads, artifact, steady=sessions.mapped(artifact))  # what calls after the first get
+        opts = sessions.options(threads, artifact)  # the session calls after the first get
     finally:
         sessions.SPIN_DURATION_US = duration
     for key, value in overrides.items():

@@ -3,7 +3,7 @@ to measure session defaults under the real fdk without changing the runtime.
 
 ONNXFN_BENCH_SESSION: a JSON object of ORT session config entries set last (e.g.
 {"session.intra_op.allow_spinning": "1"}); two keys are special: "arena" ("0"/"1") sets enable_cpu_mem_arena, and
-"spin_duration_us" replaces onnxfn's bound on the spin (`session.SPIN_DURATION_US`; null: ORT's own default);
+"level" sets the graph optimization level (ORT_ENABLE_BASIC ...); "spin_duration_us" replaces onnxfn's bound on the spin (`session.SPIN_DURATION_US`; null: ORT's own default);
 "hash_block" sets the read size of the artifact's sha256 (`bundles.bundle.HASH_BLOCK`); "overlap_engine" imports
 onnxruntime in a thread of its own from the start of the load, beside the artifact's sha256 (the loader.py change
 proposed for issue 13: still no session before the artifact is verified); "preimport" imports runtime.loader
@@ -41,11 +41,13 @@ if "spin_duration_us" in OVERRIDES:  # also where the default does not spin but 
 _options = sessions.options
 
 
-def options(threads, artifact=None, tuning=None, steady=False):
-    opts = _options(threads, artifact, tuning, steady)
+def options(threads, artifact=None, tuning=None, first=False):
+    opts = _options(threads, artifact, tuning, first)
     for key, value in OVERRIDES.items():
         if key == "arena":
             opts.enable_cpu_mem_arena = value == "1"
+        elif key == "level":  # the graph optimization level, e.g. ORT_ENABLE_BASIC
+            opts.graph_optimization_level = getattr(sessions.engine().GraphOptimizationLevel, value)
         else:
             opts.add_session_config_entry(key, str(value))
     return opts

@@ -42,7 +42,7 @@ def main() -> int:
     ort = sessions.engine()
     ort.set_default_logger_severity(3)
     bundle = bundles.load(BUNDLE, eager=False)
-    artifact = next(a for a in bundle.manifest.artifacts if sessions.mapped(a))
+    artifact = next(a for a in bundle.manifest.artifacts if a.kind == "optimized" and a.path.endswith(".ort"))
     path = BUNDLE / artifact.path
 
     def options(variant: str):
@@ -50,7 +50,7 @@ def main() -> int:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = args.threads
             return opts
-        opts = sessions.options(args.threads, artifact, steady=variant != "cold")
+        opts = sessions.options(args.threads, artifact, first=variant == "cold")
         if variant == "copy":
             opts.add_session_config_entry("session.disable_prepacking", "1")
         return opts

@@ -52,20 +52,28 @@ def spinning(threads: int) -> bool:
     return threads > 1
 
 
-def mapped(artifact: Artifact | None, tuning: Tuning | None = None) -> bool:
-    """Whether the artifact's first session is built on its memory-mapped bytes in place (a pre-optimized fp32
-    `.ort`): then `Runner.settle` builds its steady session after the first call."""
-    return (artifact is not None and artifact.kind == "optimized" and artifact.path.endswith(".ort")
-            and not (tuning and tuning.disable_prepacking))
+def tiered(artifact: Artifact | None, tuning: Tuning | None = None, fixed_shape: bool = False) -> bool:
+    """Whether a container's first session of `artifact` is built in a form that is quicker to create, and replaced
+    after the first call by the session it serves (`Runner.settle`; docs/benchmarks/handwritten.md, DenseNet-121):
+    a pre-optimized fp32 `.ort` (its memory-mapped weights used in place, not packed: created in 7-10 ms instead
+    of 30-45, each run 2 % slower), or a portable model whose input shape is fixed (`fixed_shape`: optimized at
+    the basic level, created in 59 ms instead of 106, its first run 73 ms instead of 54; a model whose cost
+    grows with its input is not, as a large first input would run slower). Not where a bench tuning chose the
+    prepacking or the level."""
+    if artifact is None:
+        return False
+    if artifact.kind == "optimized" and artifact.path.endswith(".ort"):
+        return not (tuning and tuning.disable_prepacking)
+    return (fixed_shape and artifact.kind == "portable" and not artifact.preoptimized
+            and not (tuning and tuning.graph_optimization_level))
 
 
-def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | None = None, steady: bool = False):
+def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | None = None, first: bool = False):
     """Options for one session: explicit threads, sequential, intra-op spinning as `spinning(threads)` decides
-    (bounded to `SPIN_DURATION_US`); a pre-optimized artifact is loaded without
-    re-optimizing; a benchmark's tuning for this CPU class applies on top (its `allow_spinning` wins).
-    A `mapped` artifact's session uses the mapped bytes in place and packs no weights, unless `steady`: then its
-    weights are copied into ORT's own memory and prepacked, as ORT does by default (DenseNet-121: created in
-    7-10 ms instead of 30-45, each run 2-4 % slower; docs/benchmarks/handwritten.md)."""
+    (bounded to `SPIN_DURATION_US`); a pre-optimized artifact is loaded without re-optimizing (an fp32 `.ort`
+    with its weights copied into ORT's memory and prepacked, as ORT does by default); a benchmark's tuning for
+    this CPU class applies on top (its `allow_spinning` wins). `first`: the cold start's form of a `tiered`
+    artifact's session."""
     ort = engine()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -74,18 +82,22 @@ def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | Non
     level = tuning.graph_optimization_level if tuning and tuning.graph_optimization_level else "ALL"
     if artifact is not None and artifact.preoptimized:
         level = "DISABLE"
+    elif first:
+        level = "BASIC"
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[level])
     spin = tuning.allow_spinning if tuning is not None else spinning(threads)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if spin and SPIN_DURATION_US is not None:
         opts.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_DURATION_US))
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if (tuning and tuning.disable_prepacking) or (mapped(artifact, tuning) and not steady):
+    ort_file = artifact is not None and artifact.path.endswith(".ort")
+    if (tuning and tuning.disable_prepacking) or (first and ort_file):
         opts.add_session_config_entry("session.disable_prepacking", "1")  # int8 kernels need their packed weights
-    if artifact is not None and artifact.path.endswith(".ort"):  # memory-mapped; weights used in place unless steady
+    if ort_file:  # memory-mapped; an int8 .ort's weights are packed copies whatever their source
+        in_place = first or artifact.kind == "int8" or bool(tuning and tuning.disable_prepacking)
         opts.add_session_config_entry("session.load_model_format", "ORT")
         opts.add_session_config_entry("session.use_memory_mapped_ort_model", "1")
-        opts.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "0" if steady else "1")
+        opts.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "1" if in_place else "0")
     opts.log_severity_level = 3
     return opts
 
@@ -108,13 +120,13 @@ def release_options():
 
 
 def create(path: Path | str, threads: int = 1, artifact: Artifact | None = None, tuning: Tuning | None = None, *,
-           session_options=None, providers: list | None = None, what: str | None = None, steady: bool = False):
-    """An `InferenceSession` for the model at `path`, built with `options(threads, artifact, tuning, steady)` unless
+           session_options=None, providers: list | None = None, what: str | None = None, first: bool = False):
+    """An `InferenceSession` for the model at `path`, built with `options(threads, artifact, tuning, first)` unless
     `session_options` are given, on the CPU provider unless `providers` are (names, or (name, provider
     options) pairs, as onnxruntime takes them). A model onnxruntime cannot load is a `BundleError` naming
     `what` (default: the artifact's path, else the file); onnxruntime's own error is its `__context__`."""
     ort = engine()
-    opts = session_options if session_options is not None else options(threads, artifact, tuning, steady)
+    opts = session_options if session_options is not None else options(threads, artifact, tuning, first)
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers or [CPU])
     except Exception as e:  # onnxruntime raises its own exception types

@@ -311,8 +311,8 @@ def test_a_failed_settle_keeps_the_first_session(preoptimized, monkeypatch, capl
     assert model.run({"image": np.zeros((1, 1, 8, 8), np.float32)})  # and it still answers
 
 
-def test_a_portable_model_has_nothing_to_settle():
-    r = Runner(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))
+def test_a_model_without_a_packaged_cost_has_nothing_to_settle():
+    r = Runner(Settings(model_uri=str(MODELS / "digits-cnn"), threads=1))  # fixed 8x8, but its cost is measured here
     model, _ = r.get()
     assert model.settled
     first = model.session
@@ -325,3 +325,25 @@ def entry(session, key: str) -> str | None:
         return session.get_session_options().get_session_config_entry(key)
     except Exception:  # onnxruntime raises when the key was never set
         return None
+
+
+def test_a_fixed_size_portable_model_starts_at_the_basic_level_and_settles_to_all(bundles, roomy):
+    r = Runner(Settings(model_uri=str(bundles["linear"]), threads=1))
+    model, _ = r.get(inference=True)
+    assert model.manifest.memory is not None and not model.settled  # packaged with its cost, fixed 8x8 input
+    assert model.session.get_session_options().graph_optimization_level.name == "ORT_ENABLE_BASIC"
+    x = {model.manifest.inputs[0].name: np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)}
+    before = model.run(x)
+    r.settle()
+    _settled(r)
+    assert model.settled and model.session.get_session_options().graph_optimization_level.name == "ORT_ENABLE_ALL"
+    after = model.run(x)
+    name = model.manifest.primary_output.name
+    assert np.allclose(after[name], before[name], atol=1e-5)
+
+
+def test_a_portable_model_whose_cost_grows_with_its_input_has_one_session():
+    r = Runner(Settings(model_uri=str(MODELS / "lesion-unet"), threads=1))
+    model, _ = r.get()
+    assert model.settled
+    assert model.session.get_session_options().graph_optimization_level.name == "ORT_ENABLE_ALL"

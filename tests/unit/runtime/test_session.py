@@ -65,26 +65,41 @@ def test_release_options_shrink_the_cpu_arena():
 
 
 def _artifact(path: str, kind: str) -> Artifact:
-    return Artifact(path=path, sha256="0" * 64, size=1, kind=kind, preoptimized=kind == "optimized")
+    return Artifact(path=path, sha256="0" * 64, size=1, kind=kind, preoptimized=path.endswith(".ort"))
 
 
-@pytest.mark.parametrize("path, kind, cold, steady", [
-    # a pre-optimized fp32 .ort: its bytes in place and no packing for the cold start, ORT's defaults when steady
-    ("m.x86_64.opt.ort", "optimized", ("1", "1"), ("0", None)),
-    ("m.x86_64-vnni.int8.ort", "int8", ("1", None), ("0", None)),  # int8 kernels always pack their weights
-    ("model.onnx", "portable", (None, None), (None, None)),
+LEVEL, IN_PLACE, NO_PACKING = ("graph_optimization_level", "session.use_ort_model_bytes_for_initializers",
+                               "session.disable_prepacking")
+
+
+@pytest.mark.parametrize("path, kind, fixed, first, served", [
+    # a pre-optimized fp32 .ort: its bytes in place, no packing, for the cold start; then copied and packed
+    ("m.x86_64.opt.ort", "optimized", False, ("DISABLE", "1", "1"), ("DISABLE", "0", None)),
+    # int8 kernels pack their weights whatever their source: one form, in place
+    ("m.x86_64-vnni.int8.ort", "int8", True, None, ("DISABLE", "1", None)),
+    # a fixed-size portable model: the basic level for the cold start, then all of ORT's optimizations
+    ("model.onnx", "portable", True, ("BASIC", None, None), ("ALL", None, None)),
+    ("model.onnx", "portable", False, None, ("ALL", None, None)),  # its cost grows with the input: one form
 ])
-def test_a_mapped_artifact_is_built_in_place_first_and_steady_later(path, kind, cold, steady):
+def test_a_tiered_artifact_is_built_quicker_first_and_as_served_after(path, kind, fixed, first, served):
     artifact = _artifact(path, kind)
-    assert sessions.mapped(artifact) == (kind == "optimized")
-    for opts, (in_place, no_packing) in ((sessions.options(1, artifact), cold),
-                                         (sessions.options(1, artifact, steady=True), steady)):
-        assert entry(opts, "session.use_ort_model_bytes_for_initializers") == in_place
-        assert entry(opts, "session.disable_prepacking") == no_packing
+    assert sessions.tiered(artifact, fixed_shape=fixed) == (first is not None)
+
+    def form(opts):
+        level = {v: k for k, v in sessions.OPT_LEVELS.items()}[opts.graph_optimization_level.name]
+        return level, entry(opts, IN_PLACE), entry(opts, NO_PACKING)
+    assert form(sessions.options(1, artifact)) == served
+    if first is not None:
+        assert form(sessions.options(1, artifact, first=True)) == first
 
 
-def test_a_tuning_that_turns_prepacking_off_keeps_the_first_session():
-    tuning = Tuning(requires=Requirement(cpu.arch()), disable_prepacking=True)
-    artifact = _artifact("m.x86_64.opt.ort", "optimized")
-    assert not sessions.mapped(artifact, tuning)
-    assert entry(sessions.options(1, artifact, tuning, steady=True), "session.disable_prepacking") == "1"
+@pytest.mark.parametrize("tuning", [{"disable_prepacking": True}, {"graph_optimization_level": "EXTENDED"}])
+def test_a_tuning_that_chose_the_packing_or_the_level_keeps_one_form(tuning):
+    tuning = Tuning(requires=Requirement(cpu.arch()), **tuning)
+    ort_file, portable = _artifact("m.x86_64.opt.ort", "optimized"), _artifact("model.onnx", "portable")
+    assert not sessions.tiered(ort_file if tuning.disable_prepacking else portable, tuning, fixed_shape=True)
+    if tuning.disable_prepacking:
+        assert entry(sessions.options(1, ort_file, tuning), NO_PACKING) == "1"
+        assert entry(sessions.options(1, ort_file, tuning), IN_PLACE) == "1"
+    else:
+        assert sessions.options(1, portable, tuning).graph_optimization_level.name == "ORT_ENABLE_EXTENDED"
