@@ -71,12 +71,7 @@ def variants(image: images.Image) -> dict[str, ImageSpec]:
 
 
 def float_order(image, cfg):
-    path = preprocess._resizes_first
-    preprocess._resizes_first = lambda *_: False
-    try:
-        return preprocess.normalise(image, cfg)
-    finally:
-        preprocess._resizes_first = path
+    return preprocess.normalise(image, cfg, integer_first=False)
 
 
 def timed(fn, *args, repeats=20) -> float:

@@ -42,12 +42,14 @@ def prepare(image: Image, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
     return layout(values, spec), geometry
 
 
-def normalise(image: Image, cfg: ImageSpec) -> tuple[np.ndarray, Geometry]:
+def normalise(image: Image, cfg: ImageSpec, integer_first: bool = True) -> tuple[np.ndarray, Geometry]:
     """Every step but the layout: the image as HxWxC float32 at the model input's height and width (colour,
     intensity, geometry, mean/std, channel order), and the geometry it went through. `layout` of it, or of
     any window of it, is the model's tensor for that window. Holds one such array (plus the caller's
-    pixels); a colour image made grey also holds its float32 colour copy while converting."""
-    if cfg.size is not None and _resizes_first(image, cfg):
+    pixels); a colour image made grey also holds its float32 colour copy while converting. An 8-bit image that
+    `_resizes_first` is resized as integers first, unless `integer_first` is false: the float order, which that
+    path is held to (tests, bench/handwritten/resize_order.py)."""
+    if cfg.size is not None and integer_first and _resizes_first(image, cfg):
         values, geometry = _resized_first(image, cfg)
     elif cfg.size is None:
         values, geometry = _padded(image, _color(image, cfg), cfg)

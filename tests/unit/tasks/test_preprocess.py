@@ -457,12 +457,7 @@ def test_a_model_sized_label_mask_restores_to_the_image_size(h, w, th, tw, fit):
 
 def float_order(image: Image, cfg: images.ImageSpec):
     """normalise with the integer path turned off: colour, intensity, then the float32 resize."""
-    path = preprocess._resizes_first
-    preprocess._resizes_first = lambda *_: False
-    try:
-        return preprocess.normalise(image, cfg)
-    finally:
-        preprocess._resizes_first = path
+    return preprocess.normalise(image, cfg, integer_first=False)
 
 
 def noise(shape, dtype=np.uint8, high=256) -> np.ndarray:
