@@ -51,11 +51,11 @@ CACHE = BENCH / ".cache"
 OUT = CACHE / "handwritten.json"
 HAND = BENCH / "handwritten" / "func.py"
 VARIANT = BENCH / "handwritten" / "onnxfn_variant.py"
-CPU_V1 = Path("/sys/fs/cgroup/cpu")
-for extra in (ROOT / "shared", BENCH):
+for extra in (ROOT, ROOT / "shared", BENCH):
     sys.path.insert(0, str(extra))
 
 import procfs  # noqa: E402  (bench/procfs.py)
+from tests.support.cgroups import CPU_V1, FDK, remove  # noqa: E402
 
 from onnxfn.runtime import cpu  # noqa: E402
 from onnxfn.tools.dev.agent import ENTRY, Function  # noqa: E402
@@ -84,8 +84,6 @@ VARIANTS = {
 }
 #: where the `nopyc` variant's copy of functions/ and shared/onnxfn (no __pycache__) is made
 NOPYC = CACHE / "handwritten" / "nopyc"
-JOIN = ("import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid())); del sys.argv[1]; "
-        "sys.argv[0] = 'fdk'; from fdk.scripts.fdk import main; main()")
 
 
 # -- the bundle ------------------------------------------------------------------------------------
@@ -126,19 +124,7 @@ class Cgroup:
         return {k: int(v) for k, v in (line.split() for line in (self.path / "cpu.stat").read_text().splitlines())}
 
     def remove(self) -> None:
-        if not self.path.exists():
-            return
-        for pid in (self.path / "cgroup.procs").read_text().split():
-            try:
-                (CPU_V1 / "cgroup.procs").write_text(pid)
-            except OSError:
-                pass
-        for _ in range(50):
-            try:
-                self.path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        remove(self.path)
         if self in Cgroup.made:
             Cgroup.made.remove(self)
 
@@ -159,7 +145,7 @@ class Candidate:
         self.answers: set[str] = set()
 
     def start(self) -> "Candidate":
-        command = [sys.executable, "-c", JOIN, str(self.cgroup.path)] if self.cgroup else None
+        command = [sys.executable, "-c", FDK, str(self.cgroup.path)] if self.cgroup else None
         self.fn = Function(entry=self.entry, env=self.env, command=command, timeout=120).start(wait=60)
         return self
 

@@ -21,10 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "shared"), str(ROOT)]
 
-from tests.support.cgroups import FDK  # noqa: E402
+from tests.support.cgroups import FDK, MEMORY_V1, remove  # noqa: E402
 from tests.support.images import lesion_png  # noqa: E402
 
-MEMORY_V1 = Path("/sys/fs/cgroup/memory")
 MB = 1 << 20
 
 
@@ -69,17 +68,7 @@ class MemoryCgroup:
         (self.folder / "memory.max_usage_in_bytes").write_text("0")
 
     def __exit__(self, *exc) -> None:
-        for pid in (self.folder / "cgroup.procs").read_text().split():
-            try:
-                (MEMORY_V1 / "cgroup.procs").write_text(pid)
-            except OSError:
-                pass
-        for _ in range(50):
-            try:
-                self.folder.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
+        remove(self.folder)
 
 
 def rss_mb(pid: int) -> float | None:

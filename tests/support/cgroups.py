@@ -3,6 +3,7 @@ a CPU quota or a memory limit."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -22,12 +23,26 @@ def _child(controller: Path):
     try:
         yield folder
     finally:
-        for pid in (folder / "cgroup.procs").read_text().split():
-            try:
-                (controller / "cgroup.procs").write_text(pid)
-            except OSError:
-                pass
-        folder.rmdir()
+        remove(folder)
+
+
+def remove(folder: Path) -> None:
+    """Remove a child cgroup: whatever is left in it goes back to its parent, then the folder goes (retried a few
+    seconds while the kernel still counts processes that are exiting)."""
+    if not folder.exists():
+        return
+    for pid in (folder / "cgroup.procs").read_text().split():
+        try:
+            (folder.parent / "cgroup.procs").write_text(pid)
+        except OSError:
+            pass  # gone meanwhile
+    for _ in range(50):
+        try:
+            folder.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+    folder.rmdir()  # still busy: say so
 
 
 @pytest.fixture
