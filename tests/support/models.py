@@ -22,10 +22,16 @@ def onnx_model(path: Path, graph_fn) -> Path:
     return path
 
 
-def linear_classifier(path: Path, shape=("N", 1, 8, 8), classes: int = 10, seed: int = 0) -> Path:
-    """image -> Flatten -> MatMul: a classifier whose answer the tests can compute with numpy."""
+def linear_weights(shape, classes: int = 10, seed: int = 0) -> np.ndarray:
+    """The MatMul weights `linear_classifier` builds for this input shape, classes and seed."""
     features = int(np.prod([d for d in shape[1:]]))
-    weights = np.random.default_rng(seed).normal(size=(features, classes)).astype(np.float32)
+    return np.random.default_rng(seed).normal(size=(features, classes)).astype(np.float32)
+
+
+def linear_classifier(path: Path, shape=("N", 1, 8, 8), classes: int = 10, seed: int = 0) -> Path:
+    """image -> Flatten -> MatMul: a classifier whose answer the tests can compute with numpy
+    (`linear_weights`)."""
+    weights = linear_weights(shape, classes, seed)
 
     def graph(helper, T, nh):
         return helper.make_graph(

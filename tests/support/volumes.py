@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.support.images import pydicom_file
-from tests.support.models import onnx_model
+from tests.support.models import linear_classifier, linear_weights, onnx_model
 
 
 def group(**sequences):
@@ -71,17 +71,7 @@ def depth_shifter(path: Path, layout: str = "NCDHW") -> Path:
 
 def volume_classifier(path: Path, shape=(1, 4, 16, 16, 1), classes: int = 3, seed: int = 0) -> tuple[Path, np.ndarray]:
     """image (NDHWC, fixed) -> Flatten -> MatMul: a 3-D classifier the tests compute with numpy; the weights."""
-    features = int(np.prod(shape[1:]))
-    weights = np.random.default_rng(seed).normal(size=(features, classes)).astype(np.float32)
-
-    def graph(helper, T, nh):
-        return helper.make_graph(
-            [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "W"], ["logits"])], "volume-linear",
-            [helper.make_tensor_value_info("image", T.FLOAT, list(shape))],
-            [helper.make_tensor_value_info("logits", T.FLOAT, [1, classes])],
-            [nh.from_array(weights, "W")])
-    return onnx_model(path, graph), weights
+    return linear_classifier(path, shape, classes, seed), linear_weights(shape, classes, seed)
 
 
 def volume_bundles(root: Path) -> dict[str, Path]:
