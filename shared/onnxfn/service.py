@@ -218,7 +218,7 @@ class Service:
         if not self._memory_limit:  # Fn gives a container its memory when it starts; reading it cost 0.1 ms a call
             self._memory_limit.append(memory.limit(self.settings))
         limit = self._memory_limit[0]
-        available = memory.available(limit) if limit is not None else None
+        available = memory.available(limit)
         m = model.manifest
         segmentation = m.task == "segmentation"
         channels = out_channels(model, spec) if segmentation else 1

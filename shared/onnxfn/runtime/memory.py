@@ -105,10 +105,10 @@ def working_set(proc: Path = PROC) -> int | None:
     """What the cgroup that sets the limit holds and cannot drop: its usage less its inactive file cache (the
     page cache the kernel reclaims before it OOM-kills), or None where no cgroup limit is readable. Unlike RSS it
     counts the container's other processes and files in tmpfs (/tmp on many FaaS platforms)."""
-    found = cgroup_limit(proc)
+    found = _limiting(proc)
     if found is None:
         return None
-    _, version, folder = found
+    version, folder = found
     usage_file, inactive_key = ("memory.current", "inactive_file") if version == "v2" else \
         ("memory.usage_in_bytes", "total_inactive_file")
     try:
@@ -117,6 +117,14 @@ def working_set(proc: Path = PROC) -> int | None:
         return max(0, usage - int(stat.get(inactive_key, 0)))
     except (OSError, ValueError):
         return None
+
+
+@functools.lru_cache(maxsize=8)
+def _limiting(proc: Path) -> tuple[str, Path] | None:
+    """(version, folder) of the cgroup whose limit binds, found once per process (a container keeps its memory
+    cgroup and limits): `working_set` runs on every call, and finding it reads every ancestor's limit file."""
+    found = cgroup_limit(proc)
+    return None if found is None else found[1:]
 
 
 def available(memory_limit: int | None, proc: Path = PROC) -> int | None:
