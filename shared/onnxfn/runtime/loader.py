@@ -21,7 +21,7 @@ from onnxfn.bundles.manifest import Artifact, MemoryCost, Tuning
 from onnxfn.bundles.source import resolve, store_for
 from onnxfn.errors import BundleError, ConfigError, LoadTimeout, OnnxfnError
 from onnxfn.runtime import cpu, memory, session as sessions
-from onnxfn.runtime.model import Model, warm_up_feeds
+from onnxfn.runtime.model import Model
 from onnxfn.runtime.selection import applies, choose, tuning_for
 from onnxfn.settings import Settings
 from onnxfn.storage import deadline as storage_deadline
@@ -121,7 +121,7 @@ def _measure(model: Model, warmup: bool) -> MemoryCost | None:
         model.measure_first = True
         return None
     try:
-        feeds, on = warm_up_feeds(model.bundle)
+        feeds, on = model.warm_feeds
         cost = memory.measure(model.session, spec, LOAD_SIZES, feeds)
     except Exception as e:  # onnxruntime's own types, a damaged example
         logs.event(log, "memory_unmeasured", logging.WARNING, error=getattr(e, "message", str(e))[:300])
@@ -257,7 +257,7 @@ class Runner:
         started = time.perf_counter()
         try:
             artifact = next(a for a in model.manifest.artifacts if a.path == model.artifact)
-            feeds, _ = warm_up_feeds(model.bundle)
+            feeds, _ = model.warm_feeds
             limit = memory.limit(self.settings)
             need = 2 * artifact.size + (model.cost(feeds) or 0)  # the weights copied and packed, one run
             if limit is not None and memory.available(limit) < need:

@@ -55,6 +55,12 @@ class Model:
         return self.session.get_providers()[0]
 
     @functools.cached_property
+    def warm_feeds(self) -> tuple[dict[str, np.ndarray], str]:
+        """The inputs a warm-up runs on and what they are (`warm_up_feeds`), read once per model: the load's
+        measure, its warm-up, a recheck and the settle all use them. A damaged example raises every time."""
+        return warm_up_feeds(self.bundle)
+
+    @functools.cached_property
     def runtime(self) -> dict:
         """Where and how this model runs, as answers report it (fixed for the model's life)."""
         return {"arch": cpu.arch(), "cpu_features": cpu.describe()["features"], "provider": self.provider,
@@ -74,7 +80,7 @@ class Model:
             self.measure_first = False
             spec = self.manifest.image_input or self.manifest.inputs[0]
             shape = list(feeds[spec.name].shape) if spec.name in feeds else []
-            self.memory = MemoryCost(peak.bytes, 0.0, ({"shape": shape, "peak": peak.bytes},))
+            self.memory = memories.fit([{"shape": shape, "peak": peak.bytes}])
         if self.large(feeds):
             import numpy as np
             values = [np.array(v, copy=True) for v in values]  # outputs are views into the arena: they would pin it
@@ -112,7 +118,7 @@ class Model:
         and the artifact is known to run here. It is also the probe that tells a bad input from an artifact
         this CPU cannot run (`Runner.recheck`), so it must be an input the model takes: zeros are not, for
         inputs that carry sizes, axes or indices. A damaged example is a `BundleError`."""
-        feeds, self.warmed_on = warm_up_feeds(self.bundle)
+        feeds, self.warmed_on = self.warm_feeds
         self.run(feeds)
         self.checked = True
 
