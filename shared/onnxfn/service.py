@@ -2,7 +2,6 @@
 nothing of Fn, gateways or events (adapters do)."""
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -222,15 +221,9 @@ class Service:
         m = model.manifest
         segmentation = m.task == "segmentation"
         channels = out_channels(model, spec) if segmentation else 1
-        def tiled() -> int:
-            from onnxfn.tasks import tiling  # tiled bundles only: kept off the cold start of the others
-            elements = math.prod(tiling.tile_shape(spec))
-            return (admission.decoded(header) + (model.memory.bytes(elements) if model.memory else 0)
-                    + tiling.footprint(header.height, header.width, header.channels, channels, spec)
-                    + header.pixels * admission.MASK_COPIES)
         tileable = segmentation and spec.image.tiling is not None
-        return admission.decide(header, spec, model.memory, channels, segmentation, available,
-                                tiled if tileable else None, limit)
+        tiled = (lambda: admission.tiled(header, spec, model.memory, channels)) if tileable else None
+        return admission.decide(header, spec, model.memory, channels, segmentation, available, tiled, limit)
 
     # -- Open Inference Protocol ----------------------------------------------------------
     def infer(self, document, name: str | None = None, version: str | None = None,

@@ -8,6 +8,7 @@ load) and the output with its post-processing copies. The estimate errs high; th
 are in docs/memory.md."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,6 +58,16 @@ def whole(header: Header, spec: InputSpec, cost: MemoryCost | None, out_channels
     if segmentation:
         need += (elements // spec.image.channels) * max(out_channels, 1) * 4 * OUTPUT_COPIES + plane * MASK_COPIES
     return need
+
+
+def tiled(header: Header, spec: InputSpec, cost: MemoryCost | None, out_channels: int) -> int:
+    """Bytes at the peak of a tile-by-tile call (a segmentation model packaged with `tiling`): decoding, one
+    tile's inference, tiling's own arrays (`tiling.footprint`) and the masks."""
+    from onnxfn.tasks import tiling  # tiled bundles only: kept off the cold start of the others
+    elements = math.prod(tiling.tile_shape(spec))
+    return (decoded(header) + (cost.bytes(elements) if cost else 0)
+            + tiling.footprint(header.height, header.width, header.channels, out_channels, spec)
+            + header.pixels * MASK_COPIES)
 
 
 def decoded(header: Header) -> int:
