@@ -56,6 +56,11 @@ class ImageSpec:
         """The channel count the input takes: 1 for L (grey), 3 for RGB."""
         return 1 if self.color == "L" else 3
 
+    def padded(self, height: int, width: int) -> tuple[int, int]:
+        """`height` x `width` rounded up to `pad_multiple`: a fully convolutional model's input for that image."""
+        m = self.pad_multiple
+        return -(-height // m) * m, -(-width // m) * m
+
 
 
 def parse(r: Reader) -> ImageSpec:

@@ -43,8 +43,8 @@ def model_elements(header: Header, spec: InputSpec) -> int:
     depth = max(header.frames, 1) if spec.axis("D") is not None else 1  # a volume: every frame in one tensor
     if cfg.size is not None:
         return cfg.size[0] * cfg.size[1] * cfg.channels * depth
-    m = cfg.pad_multiple
-    return -(-header.height // m) * m * -(-header.width // m) * m * cfg.channels * depth
+    height, width = cfg.padded(header.height, header.width)
+    return height * width * cfg.channels * depth
 
 
 def whole(header: Header, spec: InputSpec, cost: MemoryCost | None, out_channels: int, segmentation: bool) -> int:

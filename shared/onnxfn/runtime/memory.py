@@ -200,13 +200,13 @@ def shapes(spec: InputSpec, sizes: tuple[int, ...] = SIZES) -> list[list[int]]:
     fixed = list(example(spec).shape)
     if not dynamic(spec):
         return [fixed]
-    m = spec.image.pad_multiple if spec.image else 1
     out = []
     for size in sizes:
         shape = list(fixed)
-        for axis in (spec.layout.index(a) for a in "HW"):
+        padded = spec.image.padded(size, size) if spec.image else (size, size)
+        for axis, side in zip((spec.layout.index(a) for a in "HW"), padded):
             if not isinstance(spec.shape[axis], int):
-                shape[axis] = -(-size // m) * m
+                shape[axis] = side
         out.append(shape)
     return out
 

@@ -133,8 +133,7 @@ def _padded(image: Image, pixels: np.ndarray, cfg: ImageSpec) -> tuple[np.ndarra
     """Intensities computed straight into the canvas padded to `pad_multiple`: one image-sized float32 array,
     not the image and then its padded copy."""
     h, w = pixels.shape[:2]
-    m = cfg.pad_multiple
-    target = (-(-h // m) * m, -(-w // m) * m)
+    target = cfg.padded(h, w)
     if target == (h, w):
         canvas = np.empty((h, w, pixels.shape[2]), dtype=np.float32)
     else:

@@ -125,8 +125,7 @@ def footprint(height: int, width: int, channels_in: int, channels_out: int, spec
     peak, or the pre-processed image plus the accumulator, the weight sums and one tile's input, output and
     weights, whichever is larger. The decoded pixels and the model's own memory are not included."""
     cfg = spec.image
-    m = cfg.pad_multiple
-    hp, wp = -(-height // m) * m, -(-width // m) * m
+    hp, wp = cfg.padded(height, width)
     image = hp * wp * cfg.channels * 4
     if channels_in == 3 and cfg.channels == 1:  # the float32 colour copy and its grey result
         prepare = max(height * width * 16, height * width * 4 + image)
