@@ -186,6 +186,11 @@ class Manifest:
         return next((i for i in self.inputs if i.image is not None), None)
 
     @property
+    def sized_input(self) -> InputSpec:
+        """The input a memory cost is per element of: the image input, else the first."""
+        return self.image_input or self.inputs[0]
+
+    @property
     def primary_output(self) -> OutputSpec:
         """The output the task's post-processing reads (the first one)."""
         return self.outputs[0]

@@ -116,7 +116,7 @@ def _measure(model: Model, warmup: bool) -> MemoryCost | None:
     is then the warm-up too (1-2 ms for digits-cnn); without a warm-up, a fixed-shape model's first call measures
     it (`Model.measure_first`). A model that fails here is left unmeasured (None): the warm-up or the first call
     tells why."""
-    spec = model.manifest.image_input or model.manifest.inputs[0]
+    spec = model.manifest.sized_input
     if not memory.dynamic(spec) and not warmup:
         model.measure_first = True
         return None

@@ -78,7 +78,7 @@ class Model:
             raise InferenceError(f"onnxruntime failed to run the model: {e}") from None
         if self.measure_first:
             self.measure_first = False
-            spec = self.manifest.image_input or self.manifest.inputs[0]
+            spec = self.manifest.sized_input
             shape = list(feeds[spec.name].shape) if spec.name in feeds else []
             self.memory = memories.fit([{"shape": shape, "peak": peak.bytes}])
         if self.large(feeds):
@@ -89,7 +89,7 @@ class Model:
 
     def cost(self, feeds: dict[str, np.ndarray]) -> int | None:
         """The measured peak memory of one inference on these inputs (None when the cost is unknown)."""
-        spec = self.manifest.image_input or self.manifest.inputs[0]
+        spec = self.manifest.sized_input
         if self.memory is None or spec.name not in feeds:
             return None
         return self.memory.bytes(int(feeds[spec.name].size))

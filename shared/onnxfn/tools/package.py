@@ -162,7 +162,7 @@ def measure_memory(model: Path, manifest: mf.Manifest, example: dict[str, np.nda
     on the inputs (the bundle's load check then says why)."""
     from onnxfn.runtime import cpu, memory
     from onnxfn.runtime.model import example as zeros
-    spec = manifest.image_input or manifest.inputs[0]
+    spec = manifest.sized_input
     feeds = example if example is not None else {i.name: zeros(i) for i in manifest.inputs}
     try:
         cost = memory.measure(sessions.create(model, cpu.threads(), what=str(model)), spec, memory.SIZES, feeds)
