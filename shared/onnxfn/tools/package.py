@@ -138,8 +138,7 @@ def build(model: Path, out: Path, options: Options) -> bundles.Bundle:
             manifest = mf.parse(json.loads(json.dumps(document)))
         cost = measure_memory(model, manifest, example, options)
         if cost is not None:
-            document["memory"] = {"fixed": cost.fixed, "per_element": cost.per_element,
-                                  "measured": list(cost.measured)}
+            document["memory"] = asdict(cost)
             manifest = mf.parse(json.loads(json.dumps(document)))
         written = bundles.write(out, manifest, files, force=options.force)
     from onnxfn.runtime.loader import load
