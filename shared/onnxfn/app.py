@@ -109,7 +109,7 @@ class App:
             return reply
         error = ResponseTooLarge(f"the answer is {size:,} bytes, over the limit of {limit:,} "
                                  "(ONNXFN_MAX_RESPONSE_BYTES): send a smaller input, or use the event route, which "
-                                 "writes answers to storage", code="response_too_large")
+                                 "writes answers to storage")
         return Reply(error.status, error.body(), error.headers(), cold=reply.cold, timings_ms=reply.timings_ms)
 
     def refuse(self, request: Request, error: OnnxfnError) -> Reply:

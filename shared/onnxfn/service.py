@@ -398,7 +398,7 @@ def check_answer(outputs: dict, binary_output, limit: int) -> None:
         raise ResponseTooLarge(f"the answer would be about {total:,} bytes (outputs {names}), over the limit of "
                                f"{limit:,} (ONNXFN_MAX_RESPONSE_BYTES): ask for fewer outputs, for binary outputs "
                                "(binary_data_output), send a smaller input, or use the event route, which writes "
-                               "answers to storage", code="response_too_large")
+                               "answers to storage")
 
 
 def out_channels(model: Model, spec: InputSpec) -> int:

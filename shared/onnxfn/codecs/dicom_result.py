@@ -34,7 +34,7 @@ GEOMETRY = ("FrameOfReferenceUID", "PixelSpacing", "SliceThickness", "SpacingBet
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
 #: Segmented property category and type when the manifest codes no label (SNOMED CT).
 DEFAULT_CATEGORY = Concept("SCT", "49755003", "Morphologically Abnormal Structure")
-DEFAULT_TYPE = Concept("SCT", "49755003", "Morphologically Abnormal Structure")
+DEFAULT_TYPE = DEFAULT_CATEGORY
 AI = Concept("DCM", "123110", "Artificial Intelligence")  # the algorithm family
 PROBABILITY = Concept("DCM", "122157", "Probability")
 PRIVATE_SCHEME = "99ONNXFN"  # labels without a code in the manifest: value = class index, meaning = label

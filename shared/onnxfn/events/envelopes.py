@@ -45,12 +45,10 @@ def _field(data: Any, path: str, kind: type = str):
 def _optional(data: Any, path: str, kind: type = str):
     """data["a"]["b"] when every step is an object and the value is a `kind`, else None: optional fields of any
     shape are ignored, never a crash."""
-    value = data
-    for part in path.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+    try:
+        return _field(data, path, kind)
+    except BadRequest:
+        return None
 
 
 class OciEvent:

@@ -105,7 +105,7 @@ class Results:
         if _same(previous.metadata, tag):
             return False
         old = f"{previous.metadata.get('source-etag', 'unknown')[:8]}-{previous.metadata.get('model-sha256', 'x')[:8]}"
-        suffix = next(s for s in (".mask.png", ".npz", *DICOM_SUFFIXES, ".json") if name.endswith(s))
+        suffix = next(s for s in RESULT_SUFFIXES if name.endswith(s))  # none ends with another
         archive = f"{name[: -len(suffix)]}.{old}{suffix}"
         self._retry(lambda: self.output.copy(name, archive), archive)
         try:

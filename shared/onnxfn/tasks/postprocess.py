@@ -76,8 +76,8 @@ def probabilities(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec, g
     output's activation (softmax across channels, sigmoid), the padding cropped, the resize undone (bilinear);
     what a fractional DICOM SEG holds. An output without an activation is clipped to [0, 1]."""
     values = _channels_last(np.asarray(output), spec, input_spec)
-    values = activate(values, spec.activation, axis=2) if spec.activation != "none" else values.astype(np.float32)
-    return np.clip(restore(values.astype(np.float32, copy=False), geometry, "bilinear"), 0.0, 1.0)
+    values = activate(values, spec.activation, axis=2)  # float32; "none" keeps the values
+    return np.clip(restore(values, geometry, "bilinear"), 0.0, 1.0)
 
 
 def _channels_last(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec) -> np.ndarray:
