@@ -171,19 +171,16 @@ def trim() -> None:
         libc.malloc_trim(0)
 
 
-_LIBC: list = []
-
-
+@functools.cache
 def _libc():
-    if not _LIBC:
-        import ctypes  # on the first large call only: kept off the cold start
-        import ctypes.util
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.append(lib if hasattr(lib, "malloc_trim") else None)
-        except OSError:
-            _LIBC.append(None)
-    return _LIBC[0]
+    """glibc, where it has malloc_trim (None elsewhere): loaded on the first large call, kept off the cold start."""
+    import ctypes
+    import ctypes.util
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return lib if hasattr(lib, "malloc_trim") else None
 
 
 def dynamic(spec: InputSpec) -> bool:
@@ -225,11 +222,12 @@ def measure(session, spec: InputSpec, sizes: tuple[int, ...] = SIZES,
     trim()  # freed heap pages the arena would reuse would hide its growth
     base = rss()
     runs = []
+    dtype = example(spec).dtype
     for shape in shapes(spec, sizes):
         if feeds is not None and spec.name in feeds and not dynamic(spec):
             value = feeds[spec.name]
         else:
-            value = np.zeros(shape, dtype=example(spec).dtype)
+            value = np.zeros(shape, dtype=dtype)
         with Peak() as peak:
             session.run(None, {spec.name: value, **others})
             del value
@@ -240,7 +238,7 @@ def measure(session, spec: InputSpec, sizes: tuple[int, ...] = SIZES,
 def fit(runs: list[dict]) -> MemoryCost:
     """fixed + per_element x elements over the runs ({"shape", "peak"}): the least-squares slope (0 when
     negative), and the smallest fixed part that leaves every run on or under the line."""
-    elements = [_elements(r["shape"]) for r in runs]
+    elements = [math.prod(r["shape"]) for r in runs]
     peaks = [r["peak"] for r in runs]
     slope = 0.0
     if len(set(elements)) > 1:
@@ -250,9 +248,3 @@ def fit(runs: list[dict]) -> MemoryCost:
     fixed = max(0, max(math.ceil(p - slope * e) for e, p in zip(elements, peaks)))
     return MemoryCost(fixed=fixed, per_element=slope, measured=tuple(runs))
 
-
-def _elements(shape: list[int]) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count
