@@ -100,10 +100,8 @@ class App:
     def _bounded(self, reply: Reply) -> Reply:
         """The answer, or a 413 when its bytes exceed ONNXFN_MAX_RESPONSE_BYTES (the platform would drop it):
         the last check, on the exact bytes; outputs are estimated before they are built (`service.check_answer`)."""
-        try:
-            limit = self.service.settings.max_response_bytes
-        except OnnxfnError:  # a configuration error: liveness still answers, with the default limit
-            limit = Settings.max_response_bytes
+        # no core after the first call's attempt: a configuration error (liveness still answers, default limit)
+        limit = (self._service.settings if self._service is not None else Settings).max_response_bytes
         size = len(reply.encoded())
         if size <= limit:
             return reply

@@ -132,7 +132,7 @@ class Settings:
         if self.event_sources:
             from onnxfn.events.sources import parse
             parse(self.event_sources)
-        formats = [f.strip().lower() for f in self.result_formats.split(",")]
+        formats = self._formats()
         if "json" not in formats or not set(formats) <= {"json", "dicom"}:
             raise ConfigError(f"ONNXFN_RESULT_FORMATS must be json or json,dicom (the JSON is always written: "
                               f"it marks a result complete), got {self.result_formats!r}")
@@ -152,7 +152,10 @@ class Settings:
     @property
     def dicom_results(self) -> bool:
         """Whether events write DICOM results beside the JSON (ONNXFN_RESULT_FORMATS=json,dicom)."""
-        return "dicom" in (f.strip().lower() for f in self.result_formats.split(","))
+        return "dicom" in self._formats()
+
+    def _formats(self) -> list[str]:
+        return [f.strip().lower() for f in self.result_formats.split(",")]
 
 
 def variable(field_name: str) -> str:

@@ -52,7 +52,7 @@ def spinning(threads: int) -> bool:
     return threads > 1
 
 
-def tiered(artifact: Artifact | None, tuning: Tuning | None = None, fixed_shape: bool = False) -> bool:
+def tiered(artifact: Artifact, tuning: Tuning | None = None, fixed_shape: bool = False) -> bool:
     """Whether a container's first session of `artifact` is built in a form that is quicker to create, and replaced
     after the first call by the session it serves (`Runner.settle`; docs/benchmarks/handwritten.md, DenseNet-121):
     a pre-optimized fp32 `.ort` (its memory-mapped weights used in place, not packed: created in 7-10 ms instead
@@ -60,8 +60,6 @@ def tiered(artifact: Artifact | None, tuning: Tuning | None = None, fixed_shape:
     the basic level, created in 59 ms instead of 106, its first run 73 ms instead of 54; a model whose cost
     grows with its input is not, as a large first input would run slower). Not where a bench tuning chose the
     prepacking or the level."""
-    if artifact is None:
-        return False
     if artifact.kind == "optimized" and artifact.path.endswith(".ort"):
         return not (tuning and tuning.disable_prepacking)
     return (fixed_shape and artifact.kind == "portable" and not artifact.preoptimized
@@ -91,10 +89,11 @@ def options(threads: int, artifact: Artifact | None = None, tuning: Tuning | Non
         opts.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_DURATION_US))
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     ort_file = artifact is not None and artifact.path.endswith(".ort")
-    if (tuning and tuning.disable_prepacking) or (first and ort_file):
+    no_packing = bool(tuning and tuning.disable_prepacking) or (first and ort_file)
+    if no_packing:
         opts.add_session_config_entry("session.disable_prepacking", "1")  # int8 kernels need their packed weights
     if ort_file:  # memory-mapped; an int8 .ort's weights are packed copies whatever their source
-        in_place = first or artifact.kind == "int8" or bool(tuning and tuning.disable_prepacking)
+        in_place = no_packing or artifact.kind == "int8"
         opts.add_session_config_entry("session.load_model_format", "ORT")
         opts.add_session_config_entry("session.use_memory_mapped_ort_model", "1")
         opts.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "1" if in_place else "0")
