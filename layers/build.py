@@ -253,17 +253,28 @@ def open_permissions(layer: Path) -> None:
             path.chmod(wanted)
 
 
+def _other_python() -> str | None:
+    """Why nothing can be byte-compiled here (a .pyc is for one Python version), or None."""
+    if sys.version_info[:2] != tuple(int(v) for v in PYTHON_VERSION.split(".")):
+        return f"this is Python {platform.python_version()}, the image runs {PYTHON_VERSION}"
+    return None
+
+
+def _compileall(what: Path | str, *args: str) -> None:
+    """`python -m compileall -q -f ARGS`; LayerError with its output when it fails."""
+    result = subprocess.run([sys.executable, "-m", "compileall", "-q", "-f", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        raise LayerError(f"byte-compiling {what} failed:\n{result.stdout[-3000:]}")
+
+
 def compile_layer(layer: Path) -> str:
     """Byte-compile the layer as unchecked-hash .pyc: valid whatever the files' times become on the way
     into the image. The function's file system is read-only, so a module without a valid .pyc is compiled
     on every cold start (measured here: importing the layer's packages 0.7-0.9 s with .pyc, 2.9 s without)."""
-    if sys.version_info[:2] != tuple(int(v) for v in PYTHON_VERSION.split(".")):
-        return f"not byte-compiled: this is Python {platform.python_version()}, the layer is for {PYTHON_VERSION}"
-    result = subprocess.run([sys.executable, "-m", "compileall", "-q", "-f", "-j", "0", "--invalidation-mode",
-                             "unchecked-hash", str(layer)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    if result.returncode != 0:
-        raise LayerError(f"byte-compiling {layer} failed:\n{result.stdout[-3000:]}")
+    if (why := _other_python()) is not None:
+        return f"not byte-compiled: {why}"
+    _compileall(layer, "-j", "0", "--invalidation-mode", "unchecked-hash", str(layer))
     return "byte-compiled (unchecked-hash .pyc)"
 
 
@@ -277,19 +288,15 @@ def compile_function(out: Path, root: Path = ROOT) -> str:
     read-only, so without them every cold start compiled onnxfn (57-60 ms, docs/benchmarks/handwritten.md).
     Checked-hash: Python compares each .pyc with its source's hash, so sources changed after this build are
     compiled again rather than run stale. Only the __pycache__ folders are kept: the sources come from the repo."""
-    if sys.version_info[:2] != tuple(int(v) for v in PYTHON_VERSION.split(".")):
-        return f"function not byte-compiled: this is Python {platform.python_version()}, the image runs {PYTHON_VERSION}"
+    if (why := _other_python()) is not None:
+        return f"function not byte-compiled: {why}"
     target = out / "pyc"
     shutil.rmtree(target, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         for folder, image_path in FUNCTION_SOURCES.items():
             copy = Path(tmp) / folder
             shutil.copytree(root / folder, copy, ignore=shutil.ignore_patterns("__pycache__", "tools", "*.pyc"))
-            result = subprocess.run([sys.executable, "-m", "compileall", "-q", "-f", "--invalidation-mode",
-                                     "checked-hash", "-s", str(copy), "-p", image_path, str(copy)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if result.returncode != 0:
-                raise LayerError(f"byte-compiling {folder} failed:\n{result.stdout[-3000:]}")
+            _compileall(folder, "--invalidation-mode", "checked-hash", "-s", str(copy), "-p", image_path, str(copy))
             for cache in copy.rglob("__pycache__"):
                 shutil.copytree(cache, target / folder / cache.relative_to(copy))
     count = sum(1 for _ in target.rglob("*.pyc"))
