@@ -94,11 +94,17 @@ def _check_deflated(data: bytes, max_pixels: int) -> None:
     except struct.error:
         return  # pydicom refuses it
     bound = max_pixels * 6 + (1 << 20)
-    try:
-        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[132 + 12 + meta_length:], bound + 1)
+    inflater, pending, inflated = zlib.decompressobj(-zlib.MAX_WBITS), data[132 + 12 + meta_length:], 0
+    try:  # counted 1 MiB at a time and dropped: pydicom inflates it again for itself
+        while inflated <= bound and not inflater.eof:
+            chunk = inflater.decompress(pending, 1 << 20)
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending:  # a truncated stream: pydicom says what is missing
+                break
+            inflated += len(chunk)
     except zlib.error as e:
         raise BadRequest(f"the deflated DICOM dataset is damaged: {e}", code="invalid_dicom") from None
-    if len(inflated) > bound:
+    if inflated > bound:
         raise PayloadTooLarge(f"the deflated DICOM dataset inflates to more than {bound:,} bytes, more than "
                               f"{max_pixels:,} pixels (ONNXFN_MAX_PIXELS) of 16-bit colour could need",
                               code="too_many_pixels")
@@ -155,7 +161,7 @@ def _pixels(ds, attrs: _Attributes) -> np.ndarray:
             pixels = ds.pixel_array
         return _shaped(pixels, attrs)
     except (NotImplementedError, RuntimeError) as e:
-        detail = _QUOTED.sub("<value>", " ".join(str(e).split()))[:600]
+        detail = _scrubbed(e, 600)
         if "exceptions were raised" in detail:
             raise UnsupportedMediaType(f"the installed decoders could not decode this file's pixel data in the "
                                        f"DICOM transfer syntax {attrs.syntax_name!r} ({detail}); it may be "
@@ -375,11 +381,14 @@ _LOCK = threading.Lock()
 _enabled = False
 
 
+_PLUGIN_PACKAGES = frozenset(p for packages in PLUGINS.values() for p in packages)
+
+
 class _HoldBack(importlib.abc.MetaPathFinder):
     """Makes the plugins' packages look absent while pydicom is imported."""
     def find_spec(self, name, path=None, target=None):
         """Refuse the plugins' packages (pydicom then records its plugins as unavailable)."""
-        if name.partition(".")[0] in {p for packages in PLUGINS.values() for p in packages}:
+        if name.partition(".")[0] in _PLUGIN_PACKAGES:
             raise ModuleNotFoundError(f"{name} is imported when a compressed transfer syntax arrives", name=name)
         return None
 
@@ -458,9 +467,13 @@ def _corrupt() -> tuple[type[BaseException], ...]:
 
 
 def _reason(e: BaseException) -> str:
-    """An exception's text without the values it quotes: they may hold patient data."""
-    text = _QUOTED.sub("<value>", " ".join(str(e).split()))
-    return f"{type(e).__name__}: {text[:300]}"
+    """An exception's type and text without the values it quotes: they may hold patient data."""
+    return f"{type(e).__name__}: {_scrubbed(e, 300)}"
+
+
+def _scrubbed(e: BaseException, limit: int) -> str:
+    """An exception's text on one line, quoted values replaced, cut at `limit` characters."""
+    return _QUOTED.sub("<value>", " ".join(str(e).split()))[:limit]
 
 
 _QUOTED = re.compile(r"(?<!\w)b?'[^']*'(?!\w)|(?<!\w)b?\"[^\"]*\"(?!\w)")
