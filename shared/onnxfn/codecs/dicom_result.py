@@ -18,6 +18,7 @@ import numpy as np
 
 from onnxfn.bundles.manifest import Concept, LabelCode, Manifest
 from onnxfn.errors import BadRequest, InferenceError, NotAcceptable
+from onnxfn.tasks.postprocess import class_labels
 
 MEDIA_TYPE = "application/dicom"
 MANUFACTURER = "onnxfn"
@@ -162,11 +163,7 @@ def encode(source: Any, answer: dict, manifest: Manifest, *, probabilities: np.n
 def class_names(manifest: Manifest, result: dict | None = None) -> list[str]:
     """Class names by class index, index 0 the background, as the segmentation answer names them: the
     manifest's labels (a threshold model's one label is class 1), and the answer's own for classes past them."""
-    spec = manifest.primary_output
-    labels = list(spec.labels or ())
-    if spec.decision == "threshold" and len(labels) == 1:
-        labels = ["background"] + labels
-    names = dict(enumerate(labels))
+    names = dict(enumerate(class_labels(manifest.primary_output)))
     names.update({int(c["index"]): str(c["label"]) for c in (result or {}).get("classes", ())})
     return [names.get(i, str(i)) for i in range(max(names, default=0) + 1)]
 

@@ -56,9 +56,7 @@ def segment(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec, geometr
                              f"in layout {input_spec.layout}", code="bad_output")
     mask = restore(mask, geometry)
     count = int(mask.max()) + 1 if spec.decision == "argmax" else 2
-    names = spec.labels or ()
-    if spec.decision == "threshold" and len(names) == 1:
-        names = ("background",) + tuple(names)
+    names = class_labels(spec)
     classes = []
     counts = np.bincount(mask.reshape(-1), minlength=count)
     for index in range(1, max(count, len(names))):
@@ -69,6 +67,13 @@ def segment(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec, geometr
     return {"mask": {"format": "png", "encoding": "base64", "width": int(mask.shape[1]),
                      "height": int(mask.shape[0]), "values": "class index", "data": png(mask)},
             "classes": classes}
+
+
+def class_labels(spec: OutputSpec) -> tuple[str, ...]:
+    """A segmentation output's class names by class index: its labels, a threshold model's one label being class 1
+    (class 0 the background)."""
+    names = tuple(spec.labels or ())
+    return ("background",) + names if spec.decision == "threshold" and len(names) == 1 else names
 
 
 def probabilities(output: np.ndarray, spec: OutputSpec, input_spec: InputSpec, geometry: Geometry) -> np.ndarray:
