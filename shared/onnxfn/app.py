@@ -127,11 +127,7 @@ class App:
             return Reply(200, self.events(document, request.deadline))
         if kind == "infer":
             return Reply.answer(self.service.infer(document, deadline=request.deadline))
-        from onnxfn.service import DICOM_REQUIRED
-        dicom = request.wants_dicom  # Accept: application/dicom answers the DICOM SEG or SR itself
-        answer = self.service.predict(request.body, request.content_type, request.deadline,
-                                      dicom=DICOM_REQUIRED if dicom else None)
-        return Reply.answer(answer, dicom)
+        return routes.predicted(self, request)
 
     def _base_path(self) -> str:
         try:

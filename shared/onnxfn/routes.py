@@ -196,6 +196,12 @@ def predict(app, request: Request) -> Reply:
     for the outputs as OIP binary data (as `/infer`'s `binary_data_output` parameter does); `Accept:
     application/dicom` for a DICOM input's answer as a DICOM SEG or SR (406 when it has none)."""
     binary_output = parse_qs(urlsplit(request.url).query).get("binary_data_output", [""])[-1].lower() == "true"
+    return predicted(app, request, binary_output)
+
+
+def predicted(app, request: Request, binary_output: bool = False) -> Reply:
+    """The task's answer to an image call (a gateway's /predict or a direct invocation); `Accept:
+    application/dicom` answers the DICOM SEG or SR itself."""
     from onnxfn.service import DICOM_REQUIRED
     dicom = request.wants_dicom
     answer = app.service.predict(request.body, request.content_type, request.deadline, binary_output=binary_output,
