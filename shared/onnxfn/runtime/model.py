@@ -105,7 +105,7 @@ class Model:
         that free the arena's unused chunks when it ends, then glibc's free heap pages. After a 2048x2048 U-Net
         call it brings RSS from 1,129 MB back to 57 MB in 0.1-0.2 s (bench/memory.py). Only outputs still held
         keep their chunks. A failing release is no call's failure."""
-        feeds = {spec.name: example(spec) for spec in self.manifest.inputs}
+        feeds = zeros(self.manifest.inputs)
         try:
             self.session.run(None, feeds, sessions.release_options())
         except Exception:  # onnxruntime's own types: zeros this model refuses; the memory stays, the call is fine
@@ -127,8 +127,13 @@ def warm_up_feeds(bundle: Bundle) -> tuple[dict[str, np.ndarray], str]:
     """The inputs a warm-up runs on and what they are: the bundle's example ("example"), else zeros ("zeros")."""
     arrays = bundle.example()
     if arrays is None:
-        return {spec.name: example(spec) for spec in bundle.manifest.inputs}, "zeros"
+        return zeros(bundle.manifest.inputs), "zeros"
     return {name: a.astype(object) if a.dtype.kind in "US" else a for name, a in arrays.items()}, "example"
+
+
+def zeros(inputs) -> dict[str, np.ndarray]:
+    """A zero tensor for each input (`example`), by input name."""
+    return {spec.name: example(spec) for spec in inputs}
 
 
 def example(spec: InputSpec) -> np.ndarray:

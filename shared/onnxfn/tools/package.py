@@ -160,9 +160,9 @@ def measure_memory(model: Path, manifest: mf.Manifest, example: dict[str, np.nda
     threads this machine would give the function), or None, said in `options.report`, where the model fails
     on the inputs (the bundle's load check then says why)."""
     from onnxfn.runtime import cpu, memory
-    from onnxfn.runtime.model import example as zeros
+    from onnxfn.runtime.model import zeros
     spec = manifest.sized_input
-    feeds = example if example is not None else {i.name: zeros(i) for i in manifest.inputs}
+    feeds = example if example is not None else zeros(manifest.inputs)
     try:
         cost = memory.measure(sessions.create(model, cpu.threads(), what=str(model)), spec, memory.SIZES, feeds)
     except Exception as e:  # onnxruntime's own types
