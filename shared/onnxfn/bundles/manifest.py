@@ -479,9 +479,7 @@ def _check(m: Manifest, r: Reader) -> None:
                 raise r.fail(f"inputs[{i}].image", "applies to a tensor model's first input only: the one an "
                                                    "image sent to /predict or by an event becomes")
         if m.inputs[0].image is not None:
-            if m.inputs[0].image.tiling is not None:
-                raise r.fail("inputs[0].image.tiling", "applies to segmentation only; this is a tensor model")
-            _check_frames(m, m.inputs[0], r)
+            _check_image_use(m, m.inputs[0], r)
         return
     images = [i for i in m.inputs if i.image is not None]
     if len(m.inputs) != 1 or len(images) != 1:
@@ -497,12 +495,13 @@ def _check(m: Manifest, r: Reader) -> None:
                                                 "or threshold (one probability channel)")
         if images[0].layout == "NF":
             raise r.fail("inputs[0].layout", "NF cannot carry a segmentation image")
-    elif images[0].image.tiling is not None:
+    _check_image_use(m, images[0], r)
+
+
+def _check_image_use(m: Manifest, spec: InputSpec, r: Reader) -> None:
+    """What the image section asks of the task: tiling is for segmentation, each frames mode for its tasks."""
+    if spec.image.tiling is not None and m.task != "segmentation":
         raise r.fail("inputs[0].image.tiling", f"applies to segmentation only; this is a {m.task} model")
-    _check_frames(m, images[0], r)
-
-
-def _check_frames(m: Manifest, spec: InputSpec, r: Reader) -> None:
     frames = spec.image.frames
     if frames in FRAME_TASKS and m.task not in FRAME_TASKS[frames]:
         raise r.fail("inputs[0].image.frames", f"{frames} applies to {' and '.join(FRAME_TASKS[frames])} models; "
