@@ -9,7 +9,7 @@ are in docs/memory.md."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from onnxfn.bundles.manifest import InputSpec, MemoryCost
@@ -103,8 +103,7 @@ def largest(header: Header, fits: Callable[[Header], bool]) -> Header | None:
 
 
 def _scaled(header: Header, scale: float) -> Header:
-    return Header(max(1, int(header.width * scale)), max(1, int(header.height * scale)), header.channels,
-                  header.sample_bytes, header.format, header.frames)
+    return replace(header, width=max(1, int(header.width * scale)), height=max(1, int(header.height * scale)))
 
 
 def _message(header: Header, need: int, tiled_need: int | None, available: int, limit: int | None,
