@@ -50,13 +50,8 @@ def decode(data: bytes, max_pixels: int, admit: Admit | None = None) -> Image:
     """Decode a single-frame DICOM file into an `Image` (stored values, rescale, VOI window, MONOCHROME1),
     refusing oversized images before decoding pixels; `admit` sees the header first and may refuse it too.
     A multi-frame file is refused (400 multi_frame): `decode_frames` reads it."""
-    ds, attrs = _open(data, max_pixels)
-    check_pixels(attrs.columns, attrs.rows, attrs.frames, max_pixels, "the DICOM image")
-    if attrs.frames > 1:
-        raise BadRequest(f"the DICOM file holds {attrs.frames} frames; {FRAMES_ADVICE}", code="multi_frame")
-    if admit is not None:
-        admit(_header(attrs))
-    return _frames(ds, _pixels(ds, attrs)[None], attrs)[0]
+    ds, attrs = _admitted(data, max_pixels, admit, single=True)
+    return _frames(ds, _pixels(ds, attrs), attrs)[0]
 
 
 def decode_frames(data: bytes, max_pixels: int, admit: Admit | None = None) -> list[Image]:
@@ -64,12 +59,20 @@ def decode_frames(data: bytes, max_pixels: int, admit: Admit | None = None) -> l
     has its stored values, its own rescale and window (Per-frame Functional Groups, else Shared, else the top
     level), `position` along the slice normal, `spacing` and `frame` (its index). frames x rows x columns is
     checked against `max_pixels` (413 too_many_pixels) and `admit` sees the header, before pixels are decoded."""
+    ds, attrs = _admitted(data, max_pixels, admit)
+    return _frames(ds, _pixels(ds, attrs), attrs)
+
+
+def _admitted(data: bytes, max_pixels: int, admit: Admit | None, single: bool = False):
+    """The dataset and its pixel attributes once frames x rows x columns is within `max_pixels` (413), a
+    `single`-frame read has one frame (400 multi_frame) and `admit` took its header; no pixel is decoded yet."""
     ds, attrs = _open(data, max_pixels)
     check_pixels(attrs.columns, attrs.rows, attrs.frames, max_pixels, "the DICOM image")
+    if single and attrs.frames > 1:
+        raise BadRequest(f"the DICOM file holds {attrs.frames} frames; {FRAMES_ADVICE}", code="multi_frame")
     if admit is not None:
         admit(_header(attrs))
-    pixels = _pixels(ds, attrs)
-    return _frames(ds, pixels if attrs.frames > 1 else pixels[None], attrs)
+    return ds, attrs
 
 
 def _header(attrs: _Attributes) -> Header:
@@ -148,7 +151,8 @@ def _no_pixels(ds) -> None:
 
 
 def _pixels(ds, attrs: _Attributes) -> np.ndarray:
-    """Every frame's pixels as pydicom gives them (colour as RGB), after the plugins a compressed syntax needs."""
+    """Every frame's pixels as pydicom gives them (colour as RGB), frames first (`_shaped`), after the plugins a
+    compressed syntax needs."""
     if not getattr(attrs.syntax, "is_transfer_syntax", False):
         raise BadRequest(f"the DICOM file's TransferSyntaxUID ({attrs.syntax_name}) is not a transfer syntax",
                          code="invalid_dicom")
@@ -189,7 +193,7 @@ def _shaped(pixels: np.ndarray, attrs: _Attributes) -> np.ndarray:
         raise BadRequest(f"the DICOM pixel data decodes to shape {list(pixels.shape)}, but the header declares "
                          f"{list(expected)} (frames, rows, columns, samples): the file is damaged",
                          code="invalid_dicom")
-    return pixels
+    return pixels if attrs.frames > 1 else pixels[None]
 
 
 def check_codestreams(ds, attrs: _Attributes) -> None:
