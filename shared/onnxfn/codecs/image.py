@@ -135,7 +135,7 @@ _SAMPLE_BYTES = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
 
 def _from_pil(im, fmt: str) -> Image:
     mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+    if _SAMPLE_BYTES.get(mode) == 2:  # the unsigned 16-bit modes
         return Image(np.asarray(im).astype(np.uint16, copy=False), 16, fmt)
     if mode == "I":
         arr = np.asarray(im)
