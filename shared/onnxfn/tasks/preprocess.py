@@ -55,13 +55,18 @@ def normalise(image: Image, cfg: ImageSpec, integer_first: bool = True) -> tuple
         values, geometry = _padded(image, _color(image, cfg), cfg)
     else:
         values, geometry = _geometry(_intensity(image, _color(image, cfg), cfg), cfg)
+    return standardise(values, cfg), geometry
+
+
+def standardise(values: np.ndarray, cfg: ImageSpec) -> np.ndarray:
+    """float32 values, channels last, after mean/std (in place) and channel order: `normalise`'s last step."""
     if cfg.mean is not None:
         values -= np.asarray(cfg.mean, dtype=np.float32)
     if cfg.std is not None:
         values /= np.asarray(cfg.std, dtype=np.float32)
     if cfg.color == "RGB" and cfg.channel_order == "BGR":
         values = values[..., ::-1]
-    return values, geometry
+    return values
 
 
 def _color(image: Image, cfg: ImageSpec) -> np.ndarray:
@@ -250,6 +255,11 @@ def layout(values: np.ndarray, spec: InputSpec) -> np.ndarray:
         tensor = values.transpose([order[a] for a in axes if a != "N"])
         if "N" in axes:
             tensor = tensor[None]
+    return cast(tensor, spec)
+
+
+def cast(tensor: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A laid-out float32 tensor in the input's dtype (uint8 rounded and clipped), contiguous."""
     dtype = np.dtype(spec.dtype)
     if dtype == np.uint8:
         tensor = np.clip(np.rint(tensor), 0, 255)

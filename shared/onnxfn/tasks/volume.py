@@ -10,7 +10,7 @@ import numpy as np
 from onnxfn.bundles.manifest import InputSpec
 from onnxfn.codecs.image import Image
 from onnxfn.errors import BadRequest, InferenceError
-from onnxfn.tasks.preprocess import Geometry, normalise
+from onnxfn.tasks.preprocess import Geometry, cast, normalise, standardise
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def stack(images: list[Image], spec: InputSpec) -> tuple[np.ndarray, Geometry, V
         del plane
     if minmax:
         _minmax(values)
-        _standardise(values, spec.image)
+        values = standardise(values, spec.image)
     spacing = images[0].spacing or (None, None)
     volume = Volume(depth_order, (slice_spacing(images, depth_order), spacing[0], spacing[1]))
     return layout(values, spec), geometry, volume
@@ -79,24 +79,10 @@ def _minmax(values: np.ndarray) -> None:
         values *= np.float32(1.0 / (high - low))
 
 
-def _standardise(values: np.ndarray, cfg) -> None:
-    """mean/std and channel order, in place where it can be (what `normalise` does after intensity)."""
-    if cfg.mean is not None:
-        values -= np.asarray(cfg.mean, dtype=np.float32)
-    if cfg.std is not None:
-        values /= np.asarray(cfg.std, dtype=np.float32)
-    if cfg.color == "RGB" and cfg.channel_order == "BGR":
-        values[...] = values[..., ::-1].copy()
-
-
 def layout(values: np.ndarray, spec: InputSpec) -> np.ndarray:
     """DxHxWxC float32 -> the input's layout (NCDHW or NDHWC) with a batch axis, in its dtype, contiguous."""
     order = {"D": 0, "H": 1, "W": 2, "C": 3}
-    tensor = values.transpose([order[a] for a in spec.layout if a != "N"])[None]
-    dtype = np.dtype(spec.dtype)
-    if dtype == np.uint8:
-        tensor = np.clip(np.rint(tensor), 0, 255)
-    return np.ascontiguousarray(tensor, dtype=dtype)
+    return cast(values.transpose([order[a] for a in spec.layout if a != "N"])[None], spec)
 
 
 def planes(output: np.ndarray, spec: InputSpec, volume: Volume, name: str) -> list[tuple[np.ndarray, InputSpec]]:
