@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from onnxfn import __version__
 from onnxfn.codecs import binary
-from onnxfn.codecs.payload import check_size
+from onnxfn.codecs.payload import check_size, media_type
 from onnxfn.errors import BadRequest, MethodNotAllowed, NotFound, OnnxfnError
 
 
@@ -119,17 +119,13 @@ def accepts_dicom(accept: str | None) -> bool:
         return False
     ranges = []
     for part in accept.split(","):
-        kind, *params = [p.strip() for p in part.split(";")]
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = min(max(float(value), 0.0), 1.0)
-                except ValueError:
-                    q = 0.0  # an unreadable weight counts for nothing
+        kind, params = media_type(part)
+        try:
+            q = min(max(float(params.get("q", "1")), 0.0), 1.0)
+        except ValueError:
+            q = 0.0  # an unreadable weight counts for nothing
         if kind:
-            ranges.append((kind.lower(), q))
+            ranges.append((kind, q))
 
     def quality(media: str) -> float:
         kind = media.split("/")[0]
